@@ -1,0 +1,103 @@
+"""Consistency losses: distillation (CM paper Alg. 2), training (Alg. 3), iCT's choices, EDM's denoising loss.
+
+The grid ``sigmas`` is ascending, t_1 = eps < ... < t_N = T. An interval index n picks
+(t_n, t_{n+1}); x_{t_{n+1}} = x_0 + t_{n+1} z, and the loss is
+
+    lambda(t_n) d(f_theta(x_{t_{n+1}}, t_{n+1}), f_theta-(x̂_{t_n}, t_n)),
+
+where x̂_{t_n} comes from one teacher ODE step (CD) or the same noise z (CT).
+"""
+import math
+
+import torch
+
+from ._checks import bcast, check_choice
+from .ode import euler_step, heun_step
+from .schedules import lognormal_sigmas, sample_step_indices
+
+
+def _flat_sq(diff):
+    return diff.flatten(1).pow(2).sum(1)
+
+
+def squared_l2(x, y):
+    """||x - y||^2 per sample."""
+    return _flat_sq(x - y)
+
+
+def l1(x, y):
+    """||x - y||_1 per sample."""
+    return (x - y).flatten(1).abs().sum(1)
+
+
+def pseudo_huber(x, y, c=None):
+    """sqrt(||x - y||^2 + c^2) - c per sample, c = 0.00054 sqrt(d) by default (iCT, Sec. 3.3)."""
+    if c is None:
+        c = 0.00054 * math.sqrt(x[0].numel())
+    return torch.sqrt(_flat_sq(x - y) + c**2) - c
+
+
+DISTANCES = {"l2": squared_l2, "l1": l1, "pseudo_huber": pseudo_huber}
+WEIGHTINGS = ("uniform", "ict")
+SOLVERS = {"euler": euler_step, "heun": heun_step}
+
+
+def get_distance(name: str):
+    check_choice("distance", name, tuple(DISTANCES))
+    return DISTANCES[name]
+
+
+def ict_weighting(t_n, t_next):
+    """lambda(t_n) = 1 / (t_{n+1} - t_n) (iCT, Sec. 3.2)."""
+    return 1.0 / (t_next - t_n)
+
+
+def _weights(weighting, t_n, t_next):
+    check_choice("weighting", weighting, WEIGHTINGS)
+    return ict_weighting(t_n, t_next) if weighting == "ict" else torch.ones_like(t_n)
+
+
+def _noisy_pair(x0, sigmas, generator, step_probs):
+    n = sample_step_indices(len(sigmas) - 1, x0.shape[0], step_probs, generator)
+    t_n, t_next = sigmas[n].to(x0), sigmas[n + 1].to(x0)
+    z = torch.randn(x0.shape, generator=generator).to(x0)
+    return t_n, t_next, z
+
+
+def cd_loss(model, target_model, teacher, x0, sigmas, generator=None, solver="heun", distance="l2",
+            weighting="uniform", step_probs=None):
+    """Consistency distillation loss (CM paper, Alg. 2).
+
+    x̂_{t_n} is one Euler or Heun step of the teacher's PF-ODE from x_{t_{n+1}} down to t_n.
+    ``teacher(x, t)`` is a denoiser; ``target_model`` is the EMA copy f_theta- (no gradient).
+    """
+    check_choice("solver", solver, tuple(SOLVERS))
+    dist = get_distance(distance)
+    t_n, t_next, z = _noisy_pair(x0, sigmas, generator, step_probs)
+    x_next = x0 + bcast(t_next, x0) * z
+    with torch.no_grad():
+        x_hat = SOLVERS[solver](teacher, x_next, t_next, t_n)
+        target = target_model(x_hat, t_n)
+    return (_weights(weighting, t_n, t_next) * dist(model(x_next, t_next), target)).mean()
+
+
+def ct_loss(model, target_model, x0, sigmas, generator=None, distance="l2", weighting="uniform", step_probs=None):
+    """Consistency training loss (CM paper, Alg. 3): x̂_{t_n} = x_0 + t_n z with the *same* z, no teacher.
+
+    iCT (Song & Dhariwal 2023) is this loss with distance='pseudo_huber', weighting='ict',
+    lognormal ``step_probs`` and target_model = the online model under stop-grad.
+    """
+    dist = get_distance(distance)
+    t_n, t_next, z = _noisy_pair(x0, sigmas, generator, step_probs)
+    with torch.no_grad():
+        target = target_model(x0 + bcast(t_n, x0) * z, t_n)
+    online = model(x0 + bcast(t_next, x0) * z, t_next)
+    return (_weights(weighting, t_n, t_next) * dist(online, target)).mean()
+
+
+def edm_loss(denoiser, x0, generator=None, sigma_data=0.5, p_mean=-1.2, p_std=1.2, eps=0.002, T=80.0):
+    """EDM denoising score matching: lambda(s) ||D(x_0 + s z, s) - x_0||^2, lambda = (s^2+sd^2)/(s sd)^2, log s ~ N."""
+    sigma = lognormal_sigmas(x0.shape[0], p_mean, p_std, generator).clamp(eps, T).to(x0)
+    z = torch.randn(x0.shape, generator=generator).to(x0)
+    weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+    return (weight * squared_l2(denoiser(x0 + bcast(sigma, x0) * z, sigma), x0)).mean()

@@ -1,0 +1,62 @@
+"""Sampling: one-step and multistep consistency sampling (CM paper, Alg. 1), and the ODE teacher."""
+import torch
+
+from .ode import euler_solve, heun_solve
+from .schedules import karras_sigmas
+
+
+def prior_sample(shape, T: float = 80.0, generator=None, device=None) -> torch.Tensor:
+    """x_T ~ N(0, T^2 I)."""
+    return T * torch.randn(shape, generator=generator).to(device or "cpu")
+
+
+@torch.no_grad()
+def multistep_sample(f, x_T: torch.Tensor, taus=(), eps: float = 0.002, generator=None, T: float = 80.0,
+                     return_all: bool = False):
+    """Alg. 1: x <- f(x_T, T); for tau in taus: x̂ = x + sqrt(tau^2 - eps^2) z, x <- f(x̂, tau).
+
+    ``taus`` must be decreasing and inside (eps, T). NFE = 1 + len(taus). With ``return_all``
+    returns the list of the sample after every step.
+    """
+    taus = [float(t) for t in taus]
+    if any(not eps < t < T for t in taus) or any(a <= b for a, b in zip(taus, taus[1:])):
+        raise ValueError(f"taus must be decreasing and inside (eps, T) = ({eps}, {T}); got {taus}")
+    x = f(x_T, T)
+    out = [x]
+    for tau in taus:
+        z = torch.randn(x.shape, generator=generator).to(x)
+        x = f(x + (tau**2 - eps**2) ** 0.5 * z, tau)
+        out.append(x)
+    return out if return_all else x
+
+
+def default_taus(nfe: int, eps: float = 0.002, T: float = 80.0):
+    """Intermediate times for an nfe-step sample: the inner points of a Karras grid with nfe + 1 points."""
+    if nfe < 1:
+        raise ValueError(f"nfe must be >= 1; got {nfe}")
+    return karras_sigmas(nfe + 1, eps, T).flip(0)[1:-1].tolist()
+
+
+@torch.no_grad()
+def sample(f, shape, nfe: int = 1, taus=None, generator=None, eps: float = 0.002, T: float = 80.0, device=None):
+    """Draw samples from a consistency model with ``nfe`` steps (taus from ``default_taus`` unless given)."""
+    taus = default_taus(nfe, eps, T) if taus is None else taus
+    x_T = prior_sample(shape, T, generator, device)
+    return multistep_sample(f, x_T, taus, eps, generator, T)
+
+
+@torch.no_grad()
+def teacher_sample(denoiser, x_T: torch.Tensor, nfe: int, eps: float = 0.002, T: float = 80.0, rho: float = 7.0):
+    """Solve the PF-ODE from T to eps with ``nfe`` denoiser evaluations (EDM's Heun sampler).
+
+    nfe <= 2: Euler steps on a Karras grid (one Heun step from T straight to eps diverges).
+    Otherwise ceil(nfe/2) Heun steps, the last one Euler when nfe is odd (so nfe = 35 is
+    EDM's 18-step sampler).
+    """
+    if nfe < 1:
+        raise ValueError(f"nfe must be >= 1; got {nfe}")
+    if nfe <= 2:
+        return euler_solve(denoiser, x_T, karras_sigmas(nfe + 1, eps, T, rho).flip(0))
+    n_steps = (nfe + 1) // 2
+    ts = karras_sigmas(n_steps + 1, eps, T, rho).flip(0)
+    return heun_solve(denoiser, x_T, ts, last_step_euler=nfe % 2 == 1)

@@ -1,0 +1,255 @@
+"""One training loop for the EDM teacher, CD, CT and iCT.
+
+``Trainer.run()`` is a generator: it yields a ``TrainRecord`` after every step, so a
+notebook can plot live or stop early, and the command line drives the same loop.
+All randomness goes through one ``torch.Generator`` whose state is checkpointed, so a
+resumed run continues bit-identically on CPU.
+"""
+import copy
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from ._checks import check_choice
+from .losses import cd_loss, ct_loss, edm_loss
+from .profiles import progress_disabled
+from .schedules import cm_ema_decay, cm_num_steps, ict_num_steps, karras_sigmas, lognormal_step_probs
+
+METHODS = ("edm", "cd", "ct", "ict")
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters. Defaults follow the papers; ``None`` means "the method's default"."""
+
+    method: str = "cd"
+    steps: int = 5000
+    batch_size: int = 512
+    lr: float = 1e-3
+    warmup: int = 0
+    cosine_decay: bool = False  # anneal the learning rate to 0 over `steps` (helps small 2-D models)
+    ema_decay: float = 0.999  # EMA of weights used for sampling
+    grad_clip: float = 1.0
+    seed: int = 0
+    # CD (CM paper, Sec. 6): fixed grid of N points, fixed target EMA mu, Heun teacher.
+    num_points: int = 18
+    target_decay: float = 0.95
+    solver: str = "heun"
+    # CT curriculum N(k), mu(k) (s0, s1); iCT doubling curriculum (s0, s1).
+    ct_s0: int = 2
+    ct_s1: int = 150
+    ict_s0: int = 10
+    ict_s1: int = 1280
+    distance: str = None  # 'l2' (CD, CT) or 'pseudo_huber' (iCT)
+    eps: float = 0.002
+    T: float = 80.0
+    sigma_data: float = 0.5
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        check_choice("method", self.method, METHODS)
+        check_choice("solver", self.solver, ("euler", "heun"))
+        if self.distance is None:
+            self.distance = "pseudo_huber" if self.method == "ict" else "l2"
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"steps and batch_size must be >= 1; got {self.steps}, {self.batch_size}")
+
+
+@dataclass
+class TrainRecord:
+    step: int  # number of optimizer steps done
+    loss: float
+    num_points: int  # N of the discretisation (0 for EDM)
+    target_decay: float
+    lr: float
+
+
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float):
+    """theta_ema <- decay theta_ema + (1 - decay) theta (CM paper, Alg. 2/3 last line).
+
+    Written out rather than via ``torch.optim.swa_utils.AveragedModel`` because the CT target
+    decay mu(k) changes every step.
+    """
+    with torch.no_grad():
+        for pe, p in zip(ema.parameters(), model.parameters()):
+            pe.lerp_(p, 1.0 - decay)
+        for be, b in zip(ema.buffers(), model.buffers()):
+            be.copy_(b)
+
+
+def sample_batch(data, n: int, generator):
+    """A batch from a tensor dataset (uniform indices) or from a sampler ``data(n, generator)``."""
+    if torch.is_tensor(data):
+        return data[torch.randint(0, data.shape[0], (n,), generator=generator)]
+    if hasattr(data, "sample"):
+        return data.sample(n, generator=generator)
+    return data(n, generator)
+
+
+class Trainer:
+    """Trains ``model`` (an ``EDMDenoiser`` for 'edm', a ``ConsistencyModel`` otherwise).
+
+    Parameters
+    ----------
+    model: the network wrapper being trained.
+    data: a tensor (N, ...) of training examples, or anything with ``.sample(n, generator)``.
+    config: a ``TrainConfig``.
+    teacher: the denoiser D(x, t) for CD (e.g. ``GaussianMixture.denoiser`` or a trained ``EDMDenoiser``).
+    """
+
+    def __init__(self, model, data, config: TrainConfig, teacher=None, device=None):
+        if config.method == "cd" and teacher is None:
+            raise ValueError("method 'cd' needs a teacher denoiser: pass teacher=...")
+        self.model, self.data, self.config, self.teacher = model, data, config, teacher
+        self.device = torch.device(device) if device else next(model.parameters()).device
+        self.ema = copy.deepcopy(model).requires_grad_(False)
+        # CD and CT keep an EMA target network; iCT uses the online network under stop-grad.
+        self.target = copy.deepcopy(model).requires_grad_(False) if config.method in ("cd", "ct") else None
+        self.opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.step = 0
+
+    # -- schedules ---------------------------------------------------------------------------
+    def discretisation(self, k: int):
+        """(N(k), mu(k)) for step k: fixed for CD, CM curriculum for CT, doubling for iCT."""
+        c = self.config
+        if c.method == "cd":
+            return c.num_points, c.target_decay
+        if c.method == "ct":
+            return cm_num_steps(k, c.steps, c.ct_s0, c.ct_s1), cm_ema_decay(k, c.steps, c.ct_s0, c.ct_s1)
+        if c.method == "ict":
+            return ict_num_steps(k, c.steps, c.ict_s0, c.ict_s1), 0.0
+        return 0, 0.0
+
+    def lr_at(self, k: int) -> float:
+        c = self.config
+        lr = c.lr * min(1.0, (k + 1) / c.warmup) if c.warmup else c.lr
+        return lr * 0.5 * (1 + math.cos(math.pi * min(k / c.steps, 1.0))) if c.cosine_decay else lr
+
+    # -- one step ----------------------------------------------------------------------------
+    def loss(self, x0, k):
+        c = self.config
+        if c.method == "edm":
+            return edm_loss(self.model, x0, self.generator, c.sigma_data, eps=c.eps, T=c.T)
+        n_points, _ = self.discretisation(k)
+        sigmas = karras_sigmas(n_points, c.eps, c.T).to(self.device)
+        if c.method == "cd":
+            return cd_loss(self.model, self.target, self.teacher, x0, sigmas, self.generator, c.solver, c.distance)
+        if c.method == "ct":
+            return ct_loss(self.model, self.target, x0, sigmas, self.generator, c.distance)
+        probs = lognormal_step_probs(sigmas.cpu())
+        return ct_loss(self.model, self.model, x0, sigmas, self.generator, c.distance, "ict", probs)
+
+    def train_step(self) -> TrainRecord:
+        k = self.step
+        x0 = sample_batch(self.data, self.config.batch_size, self.generator).to(self.device)
+        lr = self.lr_at(k)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        loss = self.loss(x0, k)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"loss is {loss.item()} at step {k} ({self.config.method}); lower the learning rate "
+                "or set grad_clip, then resume from the last checkpoint"
+            )
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.opt.step()
+        n_points, mu = self.discretisation(k)
+        if self.target is not None:
+            ema_update(self.target, self.model, mu)
+        ema_update(self.ema, self.model, self.config.ema_decay)
+        self.step += 1
+        return TrainRecord(self.step, loss.item(), n_points, mu, lr)
+
+    def run(self, steps: int = None, progress: bool = None, checkpoint: str = None, every: int = 1000):
+        """Yield a TrainRecord per step until ``steps`` more steps (default: up to config.steps) are done.
+
+        With ``checkpoint`` a path, the state is saved there every ``every`` steps and at the end.
+        """
+        end = self.config.steps if steps is None else self.step + steps
+        disable = progress_disabled() if progress is None else not progress
+        with tqdm(total=end - self.step, disable=disable, desc=self.config.method) as bar:
+            while self.step < end:
+                rec = self.train_step()
+                bar.update(1)
+                if rec.step % 10 == 0 or rec.step == end:
+                    bar.set_postfix(loss=f"{rec.loss:.4g}", N=rec.num_points)
+                if checkpoint and (rec.step % every == 0 or rec.step == end):
+                    self.save(checkpoint)
+                yield rec
+
+    def fit(self, steps: int = None, **kw):
+        """Run to the end and return the list of losses."""
+        return [r.loss for r in self.run(steps, **kw)]
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def state_dict(self):
+        return {
+            "format": "cmedu-trainer-v1",
+            "config": asdict(self.config),
+            "model_class": type(self.model).__name__,
+            "net_config": getattr(self.model.net, "config", None),
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "target": None if self.target is None else self.target.state_dict(),
+            "opt": self.opt.state_dict(),
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state):
+        check_checkpoint(state, self.model, self.config.method)
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        if self.target is not None:
+            self.target.load_state_dict(state["target"])
+        self.opt.load_state_dict(state["opt"])
+        self.generator.set_state(state["generator"])
+        self.step = state["step"]
+
+    def save(self, path: str):
+        save_atomic(self.state_dict(), path)
+
+    def resume(self, path: str) -> bool:
+        """Load ``path`` if it exists; returns whether it did."""
+        if not os.path.exists(path):
+            return False
+        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
+        return True
+
+
+def check_checkpoint(state, model, method=None):
+    """Raise a ValueError when ``state`` was not saved by a Trainer of this model (and method)."""
+    if not isinstance(state, dict) or state.get("format") != "cmedu-trainer-v1":
+        raise ValueError("not a cmedu training checkpoint (expected a file written by Trainer.save)")
+    if state["model_class"] != type(model).__name__ or state["net_config"] != getattr(model.net, "config", None):
+        raise ValueError(
+            f"checkpoint is from another model: {state['model_class']} with net config {state['net_config']}, "
+            f"but this model is {type(model).__name__} with {getattr(model.net, 'config', None)}"
+        )
+    if method is not None and state["config"]["method"] != method:
+        raise ValueError(f"checkpoint was trained with method {state['config']['method']!r}, not {method!r}")
+
+
+def save_atomic(obj, path: str):
+    """torch.save to a temporary file in the same folder, then rename: never a half-written file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+

@@ -1,0 +1,88 @@
+"""Plots for the notebooks: PF-ODE trajectories, sample scatter plots, image grids, widget explorers."""
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.collections import LineCollection
+
+
+def _np(x):
+    return x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
+
+
+def plot_trajectories(traj, ts, ax=None, max_paths: int = 200, cmap: str = "viridis", title=None, lim=None):
+    """Draw 2-D ODE paths ``traj`` (steps, n, 2), each segment coloured by its time t (log scale).
+
+    ``ts`` are the times of the steps. End points are marked: noise (grey) and data (black).
+    """
+    traj, ts = _np(traj), _np(ts)
+    if traj.ndim != 3 or traj.shape[2] != 2 or traj.shape[0] != len(ts):
+        raise ValueError(f"traj must have shape (len(ts), n, 2); got {traj.shape} with {len(ts)} times")
+    ax = ax or plt.gca()
+    paths = traj[:, :max_paths]
+    segs = np.stack([paths[:-1], paths[1:]], axis=2).transpose(1, 0, 2, 3).reshape(-1, 2, 2)
+    colour = np.tile(np.log10(ts[:-1]), paths.shape[1])
+    lc = LineCollection(segs, cmap=cmap, linewidths=0.7, alpha=0.8)
+    lc.set_array(colour)
+    ax.add_collection(lc)
+    ax.scatter(*paths[-1].T, s=4, c="k", zorder=3, label=f"t = {ts[-1]:.3g}")
+    if lim is None:
+        lim = np.abs(paths[-1]).max() * 1.6
+    ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", xlabel="$x_1$", ylabel="$x_2$")
+    plt.colorbar(lc, ax=ax, label=r"$\log_{10} t$")
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def scatter_samples(samples: dict, reference=None, lim: float = 1.3, size: float = 3.0, ncols=None):
+    """Side-by-side scatter plots, one per entry of ``samples`` ({title: (n, 2) points}).
+
+    ``reference`` (data points) is drawn in light grey behind each panel.
+    """
+    n = len(samples)
+    ncols = ncols or n
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.2 * nrows), squeeze=False)
+    for ax, (title, pts) in zip(axes.flat, samples.items()):
+        if reference is not None:
+            ax.scatter(*_np(reference)[:2000].T, s=size, c="0.8", label="data")
+        ax.scatter(*_np(pts)[:2000].T, s=size, c="C0", alpha=0.7)
+        ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", title=title, xlabel="$x_1$", ylabel="$x_2$")
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def image_grid(images, nrow: int = 8, ax=None, title=None):
+    """Show a batch of images in [-1, 1], shape (n, c, h, w), as one grid."""
+    x = _np(images)
+    if x.ndim != 4:
+        raise ValueError(f"images must have shape (n, c, h, w); got {x.shape}")
+    n, c, h, w = x.shape
+    ncol = min(nrow, n)
+    nr = int(np.ceil(n / ncol))
+    grid = np.ones((c, nr * (h + 2), ncol * (w + 2)))
+    for i in range(n):
+        r, col = divmod(i, ncol)
+        grid[:, r * (h + 2) + 1 : r * (h + 2) + 1 + h, col * (w + 2) + 1 : col * (w + 2) + 1 + w] = x[i]
+    grid = np.clip((grid + 1) / 2, 0, 1).transpose(1, 2, 0)
+    ax = ax or plt.gca()
+    ax.imshow(grid.squeeze(-1) if c == 1 else grid, cmap="gray" if c == 1 else None, vmin=0, vmax=1)
+    ax.axis("off")
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def slider_explorer(draw, values, description: str = "value"):
+    """An ipywidgets slider over ``values`` that calls ``draw(value)`` to redraw a figure.
+
+    ``draw`` must create its own figure. Returns the widget (display it in a notebook).
+    """
+    import ipywidgets as widgets
+
+    values = list(values)
+    slider = widgets.SelectionSlider(options=[(f"{v:.4g}" if isinstance(v, float) else str(v), v) for v in values],
+                                     value=values[0], description=description, continuous_update=False)
+    return widgets.interactive(draw, value=slider)
