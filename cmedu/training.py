@@ -99,9 +99,11 @@ class Trainer:
     data: a tensor (N, ...) of training examples, or anything with ``.sample(n, generator)``.
     config: a ``TrainConfig``.
     teacher: the denoiser D(x, t) for CD (e.g. ``GaussianMixture.denoiser`` or a trained ``EDMDenoiser``).
+    amp_dtype: e.g. ``torch.bfloat16`` to run the forward passes and the loss under ``torch.autocast``
+        (mixed precision on a GPU); ``None`` (default) keeps everything in float32.
     """
 
-    def __init__(self, model, data, config: TrainConfig, teacher=None, device=None):
+    def __init__(self, model, data, config: TrainConfig, teacher=None, device=None, amp_dtype=None):
         if config.method == "cd" and teacher is None:
             raise ValueError("method 'cd' needs a teacher denoiser: pass teacher=...")
         self.model, self.data, self.config, self.teacher = model, data, config, teacher
@@ -112,6 +114,7 @@ class Trainer:
         self.opt = torch.optim.Adam(model.parameters(), lr=config.lr)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.step = 0
+        self.amp_dtype = amp_dtype
 
     # -- schedules ---------------------------------------------------------------------------
     def discretisation(self, k: int):
@@ -150,7 +153,8 @@ class Trainer:
         lr = self.lr_at(k)
         for group in self.opt.param_groups:
             group["lr"] = lr
-        loss = self.loss(x0, k)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            loss = self.loss(x0, k)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"loss is {loss.item()} at step {k} ({self.config.method}); lower the learning rate "
