@@ -1,0 +1,16 @@
+"""Shared pytest setup for the cmedu unit tests: one CPU thread, quiet progress bars."""
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("CMEDU_NO_PROGRESS", "1")
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def mixture():
+    """The exact 8-mode ring Gaussian mixture (the 'gmm' dataset)."""
+    from cmedu.toy import ring_mixture
+
+    return ring_mixture()
