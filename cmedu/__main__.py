@@ -1,0 +1,4 @@
+"""`python -m cmedu ...`: the command line (see cmedu/cli.py)."""
+from .cli import main
+
+raise SystemExit(main())
