@@ -202,7 +202,10 @@ def cmd_train(args):
         if o["teacher"]:
             teacher = _load_teacher(o["teacher"], args.data, img_size, device)
         elif hasattr(data, "denoiser"):
-            teacher = data.denoiser  # the exact E[x0 | xt] of the Gaussian mixture
+            teacher = data.denoiser  # the exact E[x0 | xt] of the Gaussian mixture (its tensors live on the CPU)
+            if device.type != "cpu":
+                exact = teacher
+                teacher = lambda x, t: exact(x.cpu(), t.cpu() if torch.is_tensor(t) else t).to(x)  # noqa: E731
         else:
             raise ValueError(f"--method cd on {args.data!r} needs --teacher CKPT, an EDM checkpoint trained with "
                              f"`python -m cmedu train --data {args.data} --method edm --out DIR`; only 'gmm' has an "
