@@ -12,10 +12,13 @@ from torch import nn
 class FourierEmbedding(nn.Module):
     """Sinusoidal features of the scalar time input (EDM's positional embedding)."""
 
-    def __init__(self, dim: int = 64, max_period: float = 100.0):
+    def __init__(self, dim: int = 64, max_freq: float = 16.0):
         super().__init__()
+        # Geometric frequencies 1 ... max_freq over c_noise = log(t)/4 (range about [-1.6, 1.1]):
+        # high enough to tell noise levels apart, low enough to interpolate between the
+        # discrete times a consistency model is trained on.
         half = dim // 2
-        self.register_buffer("freqs", torch.exp(-math.log(max_period) * torch.arange(half) / half) * 100)
+        self.register_buffer("freqs", torch.exp(math.log(max_freq) * torch.arange(half) / max(half - 1, 1)))
 
     def forward(self, c_noise: torch.Tensor) -> torch.Tensor:
         angles = c_noise.float()[:, None] * self.freqs[None]

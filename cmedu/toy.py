@@ -108,7 +108,7 @@ class SampledDataset:
         return self._sampler(n, generator).float()
 
 
-def ring_mixture(n_modes: int = 8, radius: float = 0.75, std: float = 0.06) -> GaussianMixture:
+def ring_mixture(n_modes: int = 8, radius: float = 0.75, std: float = 0.1) -> GaussianMixture:
     """n_modes Gaussians on a circle, alternating weights 2:1 (so mode weights are visible in samples)."""
     angles = torch.arange(n_modes, dtype=torch.float64) * 2 * math.pi / n_modes
     means = radius * torch.stack([torch.cos(angles), torch.sin(angles)], 1)

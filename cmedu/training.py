@@ -42,6 +42,7 @@ class TrainConfig:
     # CT curriculum N(k), mu(k) (s0, s1); iCT doubling curriculum (s0, s1).
     ct_s0: int = 2
     ct_s1: int = 150
+    ct_mu0: float = 0.95
     ict_s0: int = 10
     ict_s1: int = 1280
     distance: str = None  # 'l2' (CD, CT) or 'pseudo_huber' (iCT)
@@ -123,7 +124,7 @@ class Trainer:
         if c.method == "cd":
             return c.num_points, c.target_decay
         if c.method == "ct":
-            return cm_num_steps(k, c.steps, c.ct_s0, c.ct_s1), cm_ema_decay(k, c.steps, c.ct_s0, c.ct_s1)
+            return cm_num_steps(k, c.steps, c.ct_s0, c.ct_s1), cm_ema_decay(k, c.steps, c.ct_s0, c.ct_s1, c.ct_mu0)
         if c.method == "ict":
             return ict_num_steps(k, c.steps, c.ict_s0, c.ict_s1), 0.0
         return 0, 0.0
