@@ -9,6 +9,7 @@ wraps it (``EDMDenoiser`` or ``ConsistencyModel``) and iterates ``Trainer.run``;
 with the same ``--out`` resumes from ``DIR/checkpoint.pt``.
 """
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -24,6 +25,7 @@ from tqdm.auto import tqdm
 from .nets import MLP, MLP_PRESETS, UNET_PRESETS, UNet, make_mlp, make_unet
 from .parameterization import ConsistencyModel, EDMDenoiser
 from .profiles import progress_disabled
+from .recipes import toy_config
 from .training import METHODS, TrainConfig, Trainer
 
 IMAGE_DATA = ("mnist",)
@@ -32,10 +34,11 @@ DATA = IMAGE_DATA + TOY_DATA
 PRESETS = tuple(UNET_PRESETS)  # the MLP has the same three names
 assert set(PRESETS) == set(MLP_PRESETS)
 
-# Defaults per kind of data. 2-D: the tuned settings of the 2-D notebooks; MNIST: a U-Net recipe.
-TOY_STEPS = {"edm": 3000, "cd": 3000, "ct": 6000, "ict": 6000}
+# Defaults per kind of data. 2-D: the tuned settings of the 2-D notebooks (cmedu.recipes); MNIST: a U-Net recipe.
+_TOY = toy_config("cd", "cpu")
 DEFAULTS = {
-    "toy": dict(batch_size=512, lr=1e-3, warmup=100, cosine_decay=True, ema_decay=0.995, preset="small"),
+    "toy": dict(batch_size=_TOY.batch_size, lr=_TOY.lr, warmup=_TOY.warmup, cosine_decay=_TOY.cosine_decay,
+                ema_decay=_TOY.ema_decay, preset="small"),
     "mnist": dict(steps=20000, batch_size=128, lr=2e-4, warmup=1000, cosine_decay=False, ema_decay=0.999,
                   preset="small"),
 }
@@ -144,7 +147,7 @@ def _resolve_train_options(args, saved):
     """Command-line value, else the resumed checkpoint's, else the default for this data."""
     kind = "mnist" if args.data in IMAGE_DATA else "toy"
     defaults = dict(DEFAULTS[kind], seed=0, pad32=False, teacher=None)
-    defaults.setdefault("steps", TOY_STEPS[args.method])
+    defaults.setdefault("steps", toy_config(args.method, "cpu").steps)
     old = {}
     if saved is not None:
         old = {k: saved["config"][k] for k in ("steps", "batch_size", "lr", "warmup", "cosine_decay", "ema_decay", "seed")}
@@ -211,8 +214,10 @@ def cmd_train(args):
                              f"`python -m cmedu train --data {args.data} --method edm --out DIR`; only 'gmm' has an "
                              "exact denoiser")
 
-    config = TrainConfig(
-        method=args.method, steps=o["steps"], batch_size=o["batch_size"], lr=o["lr"], warmup=o["warmup"],
+    # 2-D runs start from the notebooks' recipe (curriculum settings included), images from the paper defaults.
+    base = toy_config(args.method, "cpu") if args.data in TOY_DATA else TrainConfig(method=args.method)
+    config = dataclasses.replace(
+        base, steps=o["steps"], batch_size=o["batch_size"], lr=o["lr"], warmup=o["warmup"],
         cosine_decay=o["cosine_decay"], ema_decay=o["ema_decay"], seed=o["seed"],
         extra=dict(data=args.data, preset=o["preset"], pad32=o["pad32"], teacher=o["teacher"]),
     )

@@ -11,12 +11,10 @@ from .training import TrainConfig, Trainer
 def toy_config(method: str, profile: str = None, **overrides) -> TrainConfig:
     """TrainConfig for CD / CT / iCT on the 2-D Gaussian mixture in the given profile."""
     profile = profile or get_profile()
-    steps = {
-        "cd": profile_value(300, 3000, 3000, profile),
-        "ct": profile_value(300, 6000, 6000, profile),
-        "ict": profile_value(300, 6000, 6000, profile),
-    }.get(method, profile_value(300, 3000, 3000, profile))
-    kw = dict(method=method, steps=steps, batch_size=512, lr=1e-3, warmup=100, cosine_decay=True, ema_decay=0.995)
+    steps = profile_value(1000, 3000, 3000, profile) if method == "cd" else profile_value(2000, 6000, 6000, profile)
+    kw = dict(method=method, steps=steps, batch_size=512, lr=1e-3, warmup=100, cosine_decay=True, ema_decay=0.995,
+              ct_s1=20, ct_mu0=0.9,  # CT: a coarse final grid and faster target (toy budget: thousands of steps)
+              ict_s1=160)            # iCT: doubling 10 -> 160 intervals within the run
     kw.update(overrides)
     return TrainConfig(**kw)
 
