@@ -86,3 +86,29 @@ def slider_explorer(draw, values, description: str = "value"):
     slider = widgets.SelectionSlider(options=[(f"{v:.4g}" if isinstance(v, float) else str(v), v) for v in values],
                                      value=values[0], description=description, continuous_update=False)
     return widgets.interactive(draw, value=slider)
+
+
+def plot_consistency_map(x_t, f_x, t: float, reference=None, axes=None, lim: float = 1.3, size: float = 3.0):
+    """Two panels: points x_t at time t (left) and where a consistency function sends them, f(x_t, t) (right).
+
+    Each point has the same colour in both panels: the angle of its image f(x_t, t) (a cyclic
+    colour map), so the left panel shows which region of x_t ends up where. The left panel's
+    limits grow with the spread of x_t; ``reference`` (data) is drawn in light grey on the right.
+    """
+    x_t, f_x = _np(x_t), _np(f_x)
+    if x_t.shape != f_x.shape or x_t.ndim != 2 or x_t.shape[1] != 2:
+        raise ValueError(f"x_t and f_x must both have shape (n, 2); got {x_t.shape} and {f_x.shape}")
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(7.0, 3.4))
+    colour = (np.arctan2(f_x[:, 1], f_x[:, 0]) / (2 * np.pi)) % 1.0
+    left, right = axes
+    lim_t = max(lim, 3.0 * float(np.sqrt((x_t**2).mean())))
+    left.scatter(*x_t.T, s=size, c=colour, cmap="hsv", vmin=0, vmax=1, alpha=0.7)
+    left.set(xlim=(-lim_t, lim_t), ylim=(-lim_t, lim_t), aspect="equal", xlabel="$x_1$", ylabel="$x_2$",
+             title=f"$x_t$, t = {t:.3g}")
+    if reference is not None:
+        right.scatter(*_np(reference)[:2000].T, s=size, c="0.8")
+    right.scatter(*f_x.T, s=size, c=colour, cmap="hsv", vmin=0, vmax=1, alpha=0.7)
+    right.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", xlabel="$x_1$", ylabel="$x_2$",
+              title=f"$f(x_t, t)$, t = {t:.3g}")
+    return axes
