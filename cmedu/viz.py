@@ -12,7 +12,7 @@ def _np(x):
 def plot_trajectories(traj, ts, ax=None, max_paths: int = 200, cmap: str = "viridis", title=None, lim=None):
     """Draw 2-D ODE paths ``traj`` (steps, n, 2), each segment coloured by its time t (log scale).
 
-    ``ts`` are the times of the steps. End points are marked: noise (grey) and data (black).
+    ``ts`` are the times of the steps; the end points (at ts[-1]) are marked in black.
     """
     traj, ts = _np(traj), _np(ts)
     if traj.ndim != 3 or traj.shape[2] != 2 or traj.shape[0] != len(ts):
