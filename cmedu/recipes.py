@@ -11,7 +11,7 @@ from .training import TrainConfig, Trainer
 def toy_config(method: str, profile: str = None, **overrides) -> TrainConfig:
     """TrainConfig for CD / CT / iCT on the 2-D Gaussian mixture in the given profile."""
     profile = profile or get_profile()
-    steps = profile_value(1000, 3000, 3000, profile) if method == "cd" else profile_value(2000, 6000, 6000, profile)
+    steps = profile_value(1000, 6000, 6000, profile) if method == "cd" else profile_value(2000, 6000, 6000, profile)
     kw = dict(method=method, steps=steps, batch_size=512, lr=1e-3, warmup=100, cosine_decay=True, ema_decay=0.995,
               ct_s1=20, ct_mu0=0.9,  # CT: a coarse final grid and faster target (toy budget: thousands of steps)
               ict_s1=160)            # iCT: doubling 10 -> 160 intervals within the run
