@@ -35,3 +35,12 @@ def bcast(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def check_features(x: torch.Tensor, dim: int, what: str = "x"):
     if x.ndim != 2 or x.shape[1] != dim:
         raise ValueError(f"{what} must have shape (batch, {dim}); got {tuple(x.shape)}")
+
+
+def check_taus(taus, eps: float = 0.002, T: float = 80.0):
+    """taus as a list of floats, strictly decreasing and inside (eps, T), else a ValueError naming the fix."""
+    taus = [float(t) for t in taus]
+    if any(not eps < t < T for t in taus) or any(a <= b for a, b in zip(taus, taus[1:])):
+        raise ValueError(f"taus must be strictly decreasing and inside (eps, T) = ({eps}, {T}), "
+                         f"e.g. (5.0, 1.0, 0.2); got {taus}")
+    return taus

@@ -32,6 +32,8 @@ import math
 
 import torch
 
+from ._checks import check_taus
+
 __all__ = [
     "iterative_edit", "inpaint", "colorize", "color_basis", "super_resolve", "patch_basis", "block_mean",
     "stroke_guided", "denoise", "slerp", "interpolate", "check_taus", "EDIT_TAUS",
@@ -42,15 +44,6 @@ __all__ = [
 # exact 2-D ring mixture (sigma_data ~ 0.5, like images in [-1, 1]) 40 levels put the conditional
 # p(x2 | x1) within ~2x the sampling noise of 4000 exact samples, 10 levels ~6x (tests/test_editing.py).
 EDIT_TAUS = tuple(torch.logspace(0.0, math.log10(0.05), 40, dtype=torch.float64).tolist())
-
-
-def check_taus(taus, eps: float = 0.002, T: float = 80.0):
-    """taus as a list of floats, strictly decreasing and inside (eps, T), else a ValueError naming the fix."""
-    taus = [float(t) for t in taus]
-    if any(not eps < t < T for t in taus) or any(a <= b for a, b in zip(taus, taus[1:])):
-        raise ValueError(f"taus must be strictly decreasing and inside (eps, T) = ({eps}, {T}), "
-                         f"e.g. (5.0, 1.0, 0.2); got {taus}")
-    return taus
 
 
 def _check_level(name: str, t, eps: float, T: float) -> float:

@@ -1,6 +1,7 @@
 """Sampling: one-step and multistep consistency sampling (CM paper, Alg. 1), and the ODE teacher."""
 import torch
 
+from ._checks import check_taus
 from .ode import euler_solve, heun_solve
 from .schedules import karras_sigmas
 
@@ -18,9 +19,7 @@ def multistep_sample(f, x_T: torch.Tensor, taus=(), eps: float = 0.002, generato
     ``taus`` must be decreasing and inside (eps, T). NFE = 1 + len(taus). With ``return_all``
     returns the list of the sample after every step.
     """
-    taus = [float(t) for t in taus]
-    if any(not eps < t < T for t in taus) or any(a <= b for a, b in zip(taus, taus[1:])):
-        raise ValueError(f"taus must be decreasing and inside (eps, T) = ({eps}, {T}); got {taus}")
+    taus = check_taus(taus, eps, T)
     x = f(x_T, T)
     out = [x]
     for tau in taus:
