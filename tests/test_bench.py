@@ -19,7 +19,7 @@ def test_run_toy_writes_samples_and_table(tmp_path, monkeypatch):
     assert np.load(tmp_path / "data.npy").shape == (400, 2)
     table = bench.format_table(rows)
     assert "teacher 35-NFE / CD 1-step" in table
-    assert len(table.splitlines()) == len(rows) + 2
+    assert len(table.splitlines()) == len(rows) + 3
     # the exact teacher at 35 NFE is far closer to the data than its single Euler step
     sw = {(r[0], r[1]): r[2] for r in rows}
     assert sw[("teacher", 35)] < 0.5 * sw[("teacher", 1)]
