@@ -281,7 +281,7 @@ def save_samples(x: torch.Tensor, path, data: str):
 
             fig, ax = plt.subplots(figsize=(5, 5))
             ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.6)
-            ax.set(aspect="equal", title=f"{len(x)} samples ({data})")
+            ax.set(aspect="equal", xlabel="$x_1$", ylabel="$x_2$", title=f"{len(x)} samples ({data})")
             fig.savefig(path, dpi=120, bbox_inches="tight")
             plt.close(fig)
     else:
