@@ -135,11 +135,11 @@ class Trainer:
         return lr * 0.5 * (1 + math.cos(math.pi * min(k / c.steps, 1.0))) if c.cosine_decay else lr
 
     # -- one step ----------------------------------------------------------------------------
-    def loss(self, x0, k):
+    def loss(self, x0, n_points: int):
+        """The method's loss on a batch, on a Karras grid of ``n_points`` times (unused by EDM)."""
         c = self.config
         if c.method == "edm":
             return edm_loss(self.model, x0, self.generator, c.sigma_data, eps=c.eps, T=c.T)
-        n_points, _ = self.discretisation(k)
         sigmas = karras_sigmas(n_points, c.eps, c.T).to(self.device)
         if c.method == "cd":
             return cd_loss(self.model, self.target, self.teacher, x0, sigmas, self.generator, c.solver, c.distance)
@@ -152,10 +152,11 @@ class Trainer:
         k = self.step
         x0 = sample_batch(self.data, self.config.batch_size, self.generator).to(self.device)
         lr = self.lr_at(k)
+        n_points, mu = self.discretisation(k)
         for group in self.opt.param_groups:
             group["lr"] = lr
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            loss = self.loss(x0, k)
+            loss = self.loss(x0, n_points)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"loss is {loss.item()} at step {k} ({self.config.method}); lower the learning rate "
@@ -166,7 +167,6 @@ class Trainer:
         if self.config.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.opt.step()
-        n_points, mu = self.discretisation(k)
         if self.target is not None:
             ema_update(self.target, self.model, mu)
         ema_update(self.ema, self.model, self.config.ema_decay)
