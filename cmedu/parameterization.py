@@ -42,8 +42,7 @@ class _Preconditioned(nn.Module):
         t = as_time(t, x)
         check_time_range(t, self.eps, self.T)
         c_skip, c_out = self._scalings(t)
-        c_in = 1 / torch.sqrt(t**2 + self.sigma_data**2)
-        c_noise = torch.log(t) / 4
+        _, _, c_in, c_noise = edm_scalings(t, self.sigma_data)  # both wrappers share EDM's input scalings
         out = self.net(bcast(c_in, x) * x, c_noise)
         return bcast(c_skip, x) * x + bcast(c_out, x) * out.to(x.dtype)
 
