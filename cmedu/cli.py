@@ -26,10 +26,11 @@ from .nets import MLP, MLP_PRESETS, UNET_PRESETS, UNet, make_mlp, make_unet
 from .parameterization import ConsistencyModel, EDMDenoiser
 from .profiles import progress_disabled
 from .recipes import toy_config
-from .training import METHODS, TrainConfig, Trainer
+from .toy import DATASETS
+from .training import METHODS, TrainConfig, Trainer, check_checkpoint_format
 
 IMAGE_DATA = ("mnist",)
-TOY_DATA = ("gmm", "moons", "spiral", "checkerboard")
+TOY_DATA = DATASETS
 DATA = IMAGE_DATA + TOY_DATA
 PRESETS = tuple(UNET_PRESETS)  # the MLP has the same three names
 assert set(PRESETS) == set(MLP_PRESETS)
@@ -84,8 +85,7 @@ def load_checkpoint(path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}; train one with `python -m cmedu train ... --out DIR`")
     state = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(state, dict) or state.get("format") != "cmedu-trainer-v1":
-        raise ValueError(f"{path} is not a cmedu training checkpoint (expected a file written by Trainer.save)")
+    check_checkpoint_format(state, str(path))
     return state
 
 
@@ -382,6 +382,12 @@ def _common(p, sampling=False):
                        help="samples generated per network call; lower it if memory runs out (default 256)")
 
 
+def _data_root(p):
+    p.add_argument("--data-root", default=None,
+                   help="mnist: folder holding MNIST/raw/*.gz (default: $CMEDU_DATA, then the repository's data/, "
+                        "then ./data)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
@@ -433,8 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--pad32", action="store_true", default=None,
                    help="mnist only: pad images to 32x32 (the U-Net then works at 32, 16, 8 instead of 28, 14, 7)")
     t.add_argument("--every", type=int, default=1000, help="save the checkpoint every this many steps (default 1000)")
-    t.add_argument("--data-root", default=None,
-                   help="folder holding MNIST/raw/*.gz (default: $CMEDU_DATA, then the repository's data/, then ./data)")
+    _data_root(t)
     t.add_argument("--amp", action="store_true",
                    help="GPU only: bfloat16 autocast for the forward passes (faster; ignored on CPU)")
     t.add_argument("--channels-last", action="store_true",
@@ -472,9 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--classifier", default=None,
                    help="mnist: classifier weights (default: the repository's checkpoints/mnist_classifier.pt)")
     e.add_argument("--json", default=None, help="also write the numbers to this JSON file")
-    e.add_argument("--data-root", default=None,
-                   help="mnist: folder holding MNIST/raw/*.gz (default: $CMEDU_DATA, then the repository's data/, "
-                        "then ./data)")
+    _data_root(e)
     _common(e, sampling=True)
 
     c = sub.add_parser(
@@ -489,8 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--batch-size", type=int, default=128, help="images per step (default 128)")
     c.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of the one-cycle schedule (default 3e-3)")
     c.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling and augmentation (default 0)")
-    c.add_argument("--data-root", default=None,
-                   help="folder holding MNIST/raw/*.gz (default: $CMEDU_DATA, then the repository's data/, then ./data)")
+    _data_root(c)
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     _common(c)
     return parser

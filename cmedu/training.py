@@ -20,6 +20,7 @@ from .profiles import progress_disabled
 from .schedules import cm_ema_decay, cm_num_steps, ict_num_steps, karras_sigmas, lognormal_step_probs
 
 METHODS = ("edm", "cd", "ct", "ict")
+CHECKPOINT_FORMAT = "cmedu-trainer-v1"
 
 
 @dataclass
@@ -197,7 +198,7 @@ class Trainer:
     # -- checkpoints -------------------------------------------------------------------------
     def state_dict(self):
         return {
-            "format": "cmedu-trainer-v1",
+            "format": CHECKPOINT_FORMAT,
             "config": asdict(self.config),
             "model_class": type(self.model).__name__,
             "net_config": getattr(self.model.net, "config", None),
@@ -230,10 +231,15 @@ class Trainer:
         return True
 
 
+def check_checkpoint_format(state, source: str = "checkpoint"):
+    """Raise a ValueError unless ``state`` is a dict written by ``Trainer.save``."""
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{source} is not a cmedu training checkpoint (expected a file written by Trainer.save)")
+
+
 def check_checkpoint(state, model, method=None):
     """Raise a ValueError when ``state`` was not saved by a Trainer of this model (and method)."""
-    if not isinstance(state, dict) or state.get("format") != "cmedu-trainer-v1":
-        raise ValueError("not a cmedu training checkpoint (expected a file written by Trainer.save)")
+    check_checkpoint_format(state)
     if state["model_class"] != type(model).__name__ or state["net_config"] != getattr(model.net, "config", None):
         raise ValueError(
             f"checkpoint is from another model: {state['model_class']} with net config {state['net_config']}, "
