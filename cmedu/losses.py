@@ -101,3 +101,48 @@ def edm_loss(denoiser, x0, generator=None, sigma_data=0.5, p_mean=-1.2, p_std=1.
     z = torch.randn(x0.shape, generator=generator).to(x0)
     weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
     return (weight * squared_l2(denoiser(x0 + bcast(sigma, x0) * z, sigma), x0)).mean()
+
+
+def ect_r(t, stage: int, q: float = 2.0, k: float = 8.0, b: float = 1.0):
+    """ECT's mapping r(t) = t (1 - q^-(stage+1) (1 + k sigmoid(-b t))), clamped at 0 (Geng et al. 2024, Sec. 3).
+
+    As the stage rises, r -> t and the loss tends to the continuous-time consistency condition;
+    at stage 0 most small t map to r = 0, where the target is the clean image (diffusion pretraining).
+    """
+    t = torch.as_tensor(t)
+    ratio = 1.0 - q ** -(stage + 1) * (1.0 + k * torch.sigmoid(-b * t))
+    return (t * ratio).clamp(min=0.0)
+
+
+def _rng_states(device):
+    """CPU and (on a GPU) CUDA generator states, so dropout can draw the same mask twice."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_states(states, device):
+    torch.set_rng_state(states[0])
+    if states[1] is not None:
+        torch.cuda.set_rng_state(states[1], device)
+
+
+def ect_loss(model, x0, stage: int, generator=None, q=2.0, k=8.0, b=1.0, p_mean=-1.1, p_std=2.0):
+    """Easy Consistency Tuning loss (Geng et al. 2024): ||f(x_t, t) - sg f(x_r, r)||_2 / (t - r), per sample.
+
+    t is lognormal (P_mean, P_std), r = ``ect_r(t, stage)``; x_t and x_r share the noise z, and the two
+    forward passes share the dropout mask (the CPU and CUDA RNG states are restored between them).
+    Where r < eps the target is the clean image x_0 (the boundary condition f(x, eps) = x).
+    """
+    eps, T = model.eps, model.T
+    t = lognormal_sigmas(x0.shape[0], p_mean, p_std, generator).clamp(eps, T).to(x0)
+    r = ect_r(t, stage, q, k, b)
+    z = torch.randn(x0.shape, generator=generator).to(x0)
+    states = _rng_states(x0.device)
+    online = model(x0 + bcast(t, x0) * z, t)
+    with torch.no_grad():
+        _set_rng_states(states, x0.device)
+        inside = r >= eps
+        r_in = torch.where(inside, r, torch.full_like(r, eps))
+        target = torch.where(bcast(inside, x0), model(x0 + bcast(r_in, x0) * z, r_in), x0)
+        r = torch.where(inside, r, torch.zeros_like(r))
+    return (torch.sqrt(squared_l2(online, target) + 1e-12) / (t - r)).mean()

@@ -238,8 +238,14 @@ class UNet(nn.Module):
         return self.out(h)
 
 
-# Each preset doubles the width of the previous one (about 4x the parameters).
+# tiny/small/base: each doubles the width of the previous one (about 4x the parameters); all three levels
+# at one width ratio, attention at the lowest level and in the middle block.
+# fast: chosen by measurement for CPU training at MNIST's native 28x28 (`python -m cmedu.bench unet`):
+# a narrow 28x28 level (16 channels) with more channels lower down (32 at 14x14, 64 at 7x7),
+# attention only in the 7x7 middle block and no dropout (short runs underfit rather than overfit).
+# It trains about 3.5x faster per thread than `tiny` at 32x32.
 UNET_PRESETS = {
+    "fast": dict(base=16, mults=(1, 2, 4), num_res=1, dropout=0.0, attn_res=()),  # 0.7M parameters
     "tiny": dict(base=32, mults=(1, 2, 2), num_res=1, dropout=0.1),  # 1.2M parameters
     "small": dict(base=64, mults=(1, 2, 2), num_res=1, dropout=0.1),  # 4.7M
     "base": dict(base=128, mults=(1, 2, 2), num_res=1, dropout=0.1),  # 19.0M
@@ -247,13 +253,15 @@ UNET_PRESETS = {
 
 
 def make_unet(preset: str = "small", in_ch: int = 1, img_size: int = 32) -> UNet:
-    """A U-Net from a named preset: 'tiny' (1.2M parameters), 'small' (4.7M) or 'base' (19M).
+    """A U-Net from a named preset: 'fast' (0.7M parameters, the CPU preset), 'tiny' (1.2M), 'small' (4.7M)
+    or 'base' (19M).
 
     All presets have three levels (img_size, /2, /4), so they work for 28x28 and 32x32;
-    attention is at the lowest level (7x7 or 8x8) and in the middle block.
+    tiny/small/base put attention at the lowest level (7x7 or 8x8) and in the middle block,
+    'fast' only in the middle block.
     """
     if preset not in UNET_PRESETS:
         raise ValueError(f"unknown UNet preset {preset!r}; allowed values: {', '.join(UNET_PRESETS)}")
     cfg = dict(UNET_PRESETS[preset])
-    cfg["attn_res"] = (img_size // 2 ** (len(cfg["mults"]) - 1),)
+    cfg.setdefault("attn_res", (img_size // 2 ** (len(cfg["mults"]) - 1),))
     return UNet(in_ch=in_ch, img_size=img_size, **cfg)

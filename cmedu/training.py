@@ -1,25 +1,31 @@
-"""One training loop for the EDM teacher, CD, CT and iCT.
+"""One training loop for the EDM teacher, CD, CT, iCT and ECT.
 
 ``Trainer.run()`` is a generator: it yields a ``TrainRecord`` after every step, so a
 notebook can plot live or stop early, and the command line drives the same loop.
 All randomness goes through one ``torch.Generator`` whose state is checkpointed, so a
 resumed run continues bit-identically on CPU.
+
+Runs can be planned to a wall-time budget: ``Trainer.seconds_per_step`` times a few steps and
+restores the state, and ``plan_steps`` turns minutes into a total step count, so that every
+schedule (learning rate, EMA ramp-up, the CT/iCT curricula, ECT's stages) runs its full course.
 """
 import copy
 import math
 import os
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
 from ._checks import check_choice
-from .losses import cd_loss, ct_loss, edm_loss
+from .losses import cd_loss, ct_loss, ect_loss, edm_loss
 from .profiles import progress_disabled
 from .schedules import cm_ema_decay, cm_num_steps, ict_num_steps, karras_sigmas, lognormal_step_probs
 
-METHODS = ("edm", "cd", "ct", "ict")
+METHODS = ("edm", "cd", "ct", "ict", "ect")
+TEACHER_METHODS = ("cd", "ect")  # methods whose student starts from a teacher's weights
 CHECKPOINT_FORMAT = "cmedu-trainer-v1"
 
 
@@ -34,6 +40,9 @@ class TrainConfig:
     warmup: int = 0
     cosine_decay: bool = False  # anneal the learning rate to 0 over `steps` (helps small 2-D models)
     ema_decay: float = 0.999  # EMA of weights used for sampling
+    # EMA ramp-up (EDM's ema_rampup_ratio): the EMA half-life is at most this fraction of the images
+    # seen so far, so a short run does not average in its random initialisation. None: fixed decay.
+    ema_rampup: float = None
     grad_clip: float = 1.0
     seed: int = 0
     # CD (CM paper, Sec. 6): fixed grid of N points, fixed target EMA mu, Heun teacher.
@@ -46,6 +55,14 @@ class TrainConfig:
     ct_mu0: float = 0.95
     ict_s0: int = 10
     ict_s1: int = 1280
+    # ECT (Geng et al. 2024): r(t) mapping constants, number of stages over the run, lognormal t.
+    ect_q: float = 2.0
+    ect_k: float = 8.0
+    ect_b: float = 1.0
+    ect_stages: int = 6
+    ect_p_mean: float = -1.1
+    ect_p_std: float = 2.0
+    init_from_teacher: bool = True  # CD/ECT: copy the teacher's network into the student at step 0
     distance: str = None  # 'l2' (CD, CT) or 'pseudo_huber' (iCT)
     eps: float = 0.002
     T: float = 80.0
@@ -68,6 +85,30 @@ class TrainRecord:
     num_points: int  # N of the discretisation (0 for EDM)
     target_decay: float
     lr: float
+    stage: int = 0  # ECT's stage (0 for the other methods)
+
+
+def ema_decay_at(decay: float, step: int, batch_size: int, rampup: float = None) -> float:
+    """The sampling EMA's decay after ``step`` steps: ``decay``, capped by EDM's ramp-up.
+
+    EDM (Karras et al. 2022, training loop): half-life <= rampup * images seen, i.e.
+    beta = 0.5 ** (batch / (rampup * step * batch)) = 0.5 ** (1 / (rampup * step)).
+    """
+    if rampup is None:
+        return decay
+    return min(decay, 0.5 ** (1.0 / max(rampup * step, 1e-8)))
+
+
+def copy_teacher_weights(student: torch.nn.Module, teacher: torch.nn.Module):
+    """Load the teacher's network F into the student's (CM paper, Sec. 6: students start from the teacher).
+
+    Both must wrap a network of the same configuration in ``.net``.
+    """
+    s_cfg, t_cfg = getattr(student.net, "config", None), getattr(teacher.net, "config", None)
+    if s_cfg != t_cfg:
+        raise ValueError(f"cannot start the student from the teacher: the teacher's network is {t_cfg}, "
+                         f"the student's {s_cfg}; use the teacher's preset for the student")
+    student.net.load_state_dict(teacher.net.state_dict())
 
 
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float):
@@ -110,6 +151,8 @@ class Trainer:
             raise ValueError("method 'cd' needs a teacher denoiser: pass teacher=...")
         self.model, self.data, self.config, self.teacher = model, data, config, teacher
         self.device = torch.device(device) if device else next(model.parameters()).device
+        if config.method in TEACHER_METHODS and config.init_from_teacher and hasattr(teacher, "net"):
+            copy_teacher_weights(model, teacher)  # before the EMA and target copies: all three start equal
         self.ema = copy.deepcopy(model).requires_grad_(False)
         # CD and CT keep an EMA target network; iCT uses the online network under stop-grad.
         self.target = copy.deepcopy(model).requires_grad_(False) if config.method in ("cd", "ct") else None
@@ -130,17 +173,24 @@ class Trainer:
             return ict_num_steps(k, c.steps, c.ict_s0, c.ict_s1), 0.0
         return 0, 0.0
 
+    def stage_at(self, k: int) -> int:
+        """ECT's stage at step k: rises evenly from 0 to ect_stages - 1 over the run."""
+        c = self.config
+        return min(k * c.ect_stages // c.steps, c.ect_stages - 1) if c.method == "ect" else 0
+
     def lr_at(self, k: int) -> float:
         c = self.config
         lr = c.lr * min(1.0, (k + 1) / c.warmup) if c.warmup else c.lr
         return lr * 0.5 * (1 + math.cos(math.pi * min(k / c.steps, 1.0))) if c.cosine_decay else lr
 
     # -- one step ----------------------------------------------------------------------------
-    def loss(self, x0, n_points: int):
-        """The method's loss on a batch, on a Karras grid of ``n_points`` times (unused by EDM)."""
+    def loss(self, x0, n_points: int, stage: int = 0):
+        """The method's loss on a batch, on a Karras grid of ``n_points`` times (CD, CT, iCT) or at ECT's ``stage``."""
         c = self.config
         if c.method == "edm":
             return edm_loss(self.model, x0, self.generator, c.sigma_data, eps=c.eps, T=c.T)
+        if c.method == "ect":
+            return ect_loss(self.model, x0, stage, self.generator, c.ect_q, c.ect_k, c.ect_b, c.ect_p_mean, c.ect_p_std)
         sigmas = karras_sigmas(n_points, c.eps, c.T).to(self.device)
         if c.method == "cd":
             return cd_loss(self.model, self.target, self.teacher, x0, sigmas, self.generator, c.solver, c.distance)
@@ -154,10 +204,11 @@ class Trainer:
         x0 = sample_batch(self.data, self.config.batch_size, self.generator).to(self.device)
         lr = self.lr_at(k)
         n_points, mu = self.discretisation(k)
+        stage = self.stage_at(k)
         for group in self.opt.param_groups:
             group["lr"] = lr
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            loss = self.loss(x0, n_points)
+            loss = self.loss(x0, n_points, stage)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"loss is {loss.item()} at step {k} ({self.config.method}); lower the learning rate "
@@ -170,19 +221,27 @@ class Trainer:
         self.opt.step()
         if self.target is not None:
             ema_update(self.target, self.model, mu)
-        ema_update(self.ema, self.model, self.config.ema_decay)
+        c = self.config
+        ema_update(self.ema, self.model, ema_decay_at(c.ema_decay, k + 1, c.batch_size, c.ema_rampup))
         self.step += 1
-        return TrainRecord(self.step, loss.item(), n_points, mu, lr)
+        return TrainRecord(self.step, loss.item(), n_points, mu, lr, stage)
 
-    def run(self, steps: int = None, progress: bool = None, checkpoint: str = None, every: int = 1000):
-        """Yield a TrainRecord per step until ``steps`` more steps (default: up to config.steps) are done.
+    def run(self, steps: int = None, progress: bool = None, checkpoint: str = None, every: int = 1000,
+            seconds: float = None):
+        """Yield a TrainRecord per step until ``steps`` more steps (default: up to config.steps) are done,
+        or until ``seconds`` of wall time have passed (then the run can be resumed where it stopped).
 
         With ``checkpoint`` a path, the state is saved there every ``every`` steps and at the end.
         """
         end = self.config.steps if steps is None else self.step + steps
         disable = progress_disabled() if progress is None else not progress
+        t0 = time.perf_counter()
         with tqdm(total=end - self.step, disable=disable, desc=self.config.method) as bar:
             while self.step < end:
+                if seconds is not None and time.perf_counter() - t0 > seconds:
+                    if checkpoint:
+                        self.save(checkpoint)
+                    return
                 rec = self.train_step()
                 bar.update(1)
                 if rec.step % 10 == 0 or rec.step == end:
@@ -190,6 +249,29 @@ class Trainer:
                 if checkpoint and (rec.step % every == 0 or rec.step == end):
                     self.save(checkpoint)
                 yield rec
+
+    def seconds_per_step(self, n: int = 8, warmup: int = 2) -> float:
+        """Wall time of one training step, timed over ``n`` steps after ``warmup``; the state is restored after."""
+        saved = copy.deepcopy(self.state_dict())
+        rng = torch.get_rng_state()
+        try:
+            for _ in range(warmup):
+                self.train_step()
+            t0 = time.perf_counter()
+            for _ in range(n):
+                self.train_step()
+            return (time.perf_counter() - t0) / n
+        finally:
+            self.load_state_dict(saved)
+            torch.set_rng_state(rng)
+
+    def plan_steps(self, minutes: float, fraction: float = 0.95, **timing) -> int:
+        """Set ``config.steps`` so that the whole run takes about ``fraction`` of ``minutes`` (the rest is slack
+        for checkpoints and a slower machine) and return it. Every schedule is stretched over this total."""
+        if minutes <= 0:
+            raise ValueError(f"minutes must be > 0; got {minutes}")
+        self.config.steps = max(1, int(fraction * minutes * 60 / self.seconds_per_step(**timing)))
+        return self.config.steps
 
     def fit(self, steps: int = None, **kw):
         """Run to the end and return the list of losses."""

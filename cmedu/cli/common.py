@@ -1,0 +1,29 @@
+"""Helpers shared by the command-line commands: device and threads, the global RNG, the data sets by name."""
+import torch
+
+from ..checkpoints import IMAGE_DATA
+from ..toy import DATASETS
+
+TOY_DATA = DATASETS
+DATA = IMAGE_DATA + TOY_DATA
+
+
+def setup(args):
+    """Threads and device from the common options."""
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but CUDA is not available here; use --device cpu")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return device
+
+
+def seed_global(seed: int, step: int):
+    """Seed torch's global RNG (used by dropout) from (seed, step).
+
+    The Trainer's own generator is checkpointed, the global RNG is not; re-seeding it before
+    every step makes a resumed run identical to an uninterrupted one.
+    """
+    torch.manual_seed((seed * 1_000_003 + step) % 2**63)

@@ -1,0 +1,121 @@
+"""``python -m cmedu sample``, ``eval`` and ``train-classifier``: use a trained checkpoint, or train the judge."""
+import json
+import math
+import shlex
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..checkpoints import IMAGE_DATA, data_of, default_nfe, generate, load_model
+from .common import setup
+
+
+def save_samples(x: torch.Tensor, path, data: str):
+    """.npy: the raw float32 array; .png: an image grid (MNIST) or a scatter plot (2-D)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".npy":
+        np.save(path, x.numpy().astype(np.float32))
+    elif path.suffix == ".png":
+        if data in IMAGE_DATA:
+            from torchvision.utils import save_image
+
+            save_image((x + 1) / 2, path, nrow=math.ceil(math.sqrt(len(x))), padding=1)
+        else:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+
+            fig, ax = plt.subplots(figsize=(5, 5))
+            ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.6)
+            ax.set(aspect="equal", xlabel="$x_1$", ylabel="$x_2$", title=f"{len(x)} samples ({data})")
+            fig.savefig(path, dpi=120, bbox_inches="tight")
+            plt.close(fig)
+    else:
+        raise ValueError(f"--out must end in .npy or .png; got {path}")
+
+
+def cmd_sample(args):
+    device = setup(args)
+    model, state = load_model(args.ckpt, "ema", device)
+    nfe = args.nfe or default_nfe(state)
+    x = generate(model, state, args.n, nfe, args.seed, device, args.batch_size)
+    save_samples(x, args.out, data_of(state))
+    print(f"wrote {len(x)} samples of shape {tuple(x.shape[1:])} ({state['model_class']}, NFE {nfe}, step "
+          f"{state['step']}) to {args.out}")
+    return 0
+
+
+# -- eval ---------------------------------------------------------------------------------------
+def cmd_eval(args):
+    device = setup(args)
+    model, state = load_model(args.ckpt, "ema", device)
+    data = data_of(state)
+    results = {"ckpt": str(args.ckpt), "step": state["step"], "data": data, "method": state["config"]["method"], "nfe": {}}
+    print(f"{args.ckpt}: {state['model_class']} ({results['method']}) on {data}, step {state['step']}, {args.n} samples")
+    if data in IMAGE_DATA:
+        from ..classifier import class_histogram, extract_features, frechet_distance, load_classifier
+
+        from ..data import load_mnist
+
+        clf = load_classifier(args.classifier, device)
+        ref_feats = extract_features(clf, load_mnist(args.data_root, train=False)[0])  # the 10k test images
+        floor = clf.metadata.get("fd_floor")
+        if floor is not None:
+            print(f"FD-MNIST floor (10k train vs 10k test images): {floor:.3f}")
+        results["fd_floor"] = floor
+    else:
+        from ..metrics import energy_distance, sliced_wasserstein
+        from ..toy import make_dataset
+
+        dataset = make_dataset(data)
+        g = torch.Generator().manual_seed(args.seed + 1)
+        ref, ref2 = dataset.sample(args.n, generator=g), dataset.sample(args.n, generator=g)
+        sw0 = sliced_wasserstein(ref2, ref, generator=torch.Generator().manual_seed(0))
+        ed0 = energy_distance(ref2, ref)
+        print(f"data-vs-data floor: sliced W2 {sw0:.4f}, energy distance {ed0[0]:.2e} ± {ed0[1]:.1e}")
+        results["floor"] = {"sliced_wasserstein": sw0, "energy_distance": ed0[0]}
+    for nfe in args.nfe or [default_nfe(state)]:
+        x = generate(model, state, args.n, nfe, args.seed, device, args.batch_size)
+        if data in IMAGE_DATA:
+            fd = frechet_distance(extract_features(clf, x), ref_feats)
+            hist = class_histogram(clf, x)
+            results["nfe"][nfe] = {"fd_mnist": fd, "class_histogram": hist.tolist()}
+            print(f"NFE {nfe}: FD-MNIST {fd:.3f}; digits 0-9: " + " ".join(f"{h:.3f}" for h in hist.tolist()))
+        else:
+            sw = sliced_wasserstein(x, ref, generator=torch.Generator().manual_seed(0))
+            ed, se = energy_distance(x, ref)
+            results["nfe"][nfe] = {"sliced_wasserstein": sw, "energy_distance": ed, "energy_distance_se": se}
+            print(f"NFE {nfe}: sliced W2 {sw:.4f}, energy distance {ed:.2e} ± {se:.1e}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+# -- train-classifier -----------------------------------------------------------------------------
+def cmd_train_classifier(args, argv):
+    from ..classifier import accuracy, extract_features, frechet_distance, save_classifier, train_classifier
+    from ..data import load_mnist
+
+    device = setup(args)
+    t0 = time.perf_counter()
+    model, _ = train_classifier(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                                root=args.data_root, device=str(device), progress=False if args.quiet else None)
+    minutes = (time.perf_counter() - t0) / 60
+    model = model.cpu().half().float()  # measure exactly the float16 weights that are saved
+    acc = accuracy(model, *load_mnist(args.data_root, False))
+    # The floor of FD-MNIST: two independent sets of real digits (10k train vs the 10k test images).
+    floor = frechet_distance(extract_features(model, load_mnist(args.data_root, True)[0][:10000]),
+                             extract_features(model, load_mnist(args.data_root, False)[0]))
+    command = "python -m cmedu " + " ".join(shlex.quote(a) for a in argv)
+    save_classifier(model, args.out, test_accuracy=acc, fd_floor=floor, command=command, epochs=args.epochs,
+                    seed=args.seed, minutes=round(minutes, 2), torch=str(torch.__version__),
+                    threads=torch.get_num_threads(), device=str(device))
+    print(f"test accuracy {acc:.4f} (10,000 test images); FD-MNIST floor (10k train vs 10k test) {floor:.3f}; "
+          f"{minutes:.1f} min; saved {args.out}")
+    return 0
+

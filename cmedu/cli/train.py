@@ -1,0 +1,191 @@
+"""``python -m cmedu train``: build the network, wrap it, plan the steps for a time budget, run ``Trainer.run``."""
+import dataclasses
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..checkpoints import IMAGE_DATA, data_of, load_checkpoint, load_model
+from ..nets import MLP_PRESETS, UNET_PRESETS, make_mlp, make_unet
+from ..parameterization import ConsistencyModel, EDMDenoiser
+from ..profiles import progress_disabled
+from ..recipes import toy_config
+from ..training import TEACHER_METHODS, TrainConfig, Trainer
+from .common import TOY_DATA, seed_global, setup
+
+PRESETS = tuple(UNET_PRESETS)  # the MLP has tiny/small/base; 'fast' is a U-Net preset only
+assert set(MLP_PRESETS) <= set(PRESETS)
+
+# Defaults per kind of data. 2-D: the tuned settings of the 2-D notebooks (cmedu.recipes); MNIST: a U-Net recipe.
+_TOY = toy_config("cd", "cpu")
+DEFAULTS = {
+    "toy": dict(batch_size=_TOY.batch_size, lr=_TOY.lr, warmup=_TOY.warmup, cosine_decay=_TOY.cosine_decay,
+                ema_decay=_TOY.ema_decay, preset="small"),
+    "mnist": dict(steps=20000, batch_size=128, lr=5e-4, warmup=200, cosine_decay=True, ema_decay=0.999,
+                  ema_rampup=0.05, preset="fast"),
+}
+# Students that start from the teacher's weights fine-tune: a lower learning rate and no warm-up.
+STUDENT_DEFAULTS = {"mnist": dict(lr=1e-4, warmup=0)}
+TRAIN_KEYS = ("steps", "batch_size", "lr", "warmup", "cosine_decay", "ema_decay", "ema_rampup", "seed")
+
+def _resolve_train_options(args, saved):
+    """Command-line value, else the resumed checkpoint's, else the default for this data."""
+    kind = "mnist" if args.data in IMAGE_DATA else "toy"
+    defaults = dict(DEFAULTS[kind], seed=0, pad32=False, teacher=None, ema_rampup=None, from_scratch=False)
+    defaults.setdefault("steps", toy_config(args.method, "cpu").steps if args.method != "ect" else 3000)
+    if args.method in TEACHER_METHODS:
+        defaults.update(STUDENT_DEFAULTS.get(kind, {}))
+    if kind == "mnist":
+        defaults["ema_rampup"] = DEFAULTS[kind]["ema_rampup"]
+    old = {}
+    if saved is not None:
+        old = {k: saved["config"].get(k) for k in TRAIN_KEYS}
+        old["from_scratch"] = not saved["config"].get("init_from_teacher", True)
+        old.update(saved["config"].get("extra", {}))
+    opts = {}
+    for key, default in defaults.items():
+        given = getattr(args, key)
+        opts[key] = given if given is not None else old.get(key, default)
+    return opts
+
+
+def _load_teacher(path, data, img_size, device):
+    teacher, state = load_model(path, "ema", device)
+    if state["model_class"] != "EDMDenoiser":
+        raise ValueError(f"--teacher {path} is a {state['model_class']} checkpoint; CD needs an EDM denoiser "
+                         "(train one with `--method edm`)")
+    if data_of(state) != data or state["net_config"].get("img_size") != img_size:
+        raise ValueError(f"--teacher {path} was trained on {data_of(state)} "
+                         f"(net config {state['net_config']}), not on this run's {data} data")
+    return teacher
+
+
+def describe_machine(device) -> str:
+    """Where a run trained, for the record in its checkpoint: the GPU's name or the CPU threads."""
+    if device.type == "cuda":
+        return f"GPU {torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    return f"CPU {platform.machine()}, {torch.get_num_threads()} threads of {os.cpu_count()}, torch {torch.__version__}"
+
+
+def cmd_train(args):
+    device = setup(args)
+    out = Path(args.out)
+    ckpt = out / "checkpoint.pt"
+    saved = load_checkpoint(ckpt) if ckpt.exists() else None
+    if saved is not None and data_of(saved) != args.data:
+        raise ValueError(f"{ckpt} holds a run on {data_of(saved)!r}, not {args.data!r}; use another --out folder")
+    o = _resolve_train_options(args, saved)
+    if o["teacher"]:
+        o["teacher"] = os.path.abspath(o["teacher"])  # resumable from any working directory
+
+    torch.manual_seed(o["seed"])  # network initialisation
+    if args.data in IMAGE_DATA:
+        from ..data import load_mnist
+
+        data, _ = load_mnist(args.data_root, train=True, pad_to_32=o["pad32"])
+        img_size = data.shape[-1]
+        net = make_unet(o["preset"], in_ch=1, img_size=img_size)
+        if device.type == "cuda":
+            data = data.to(device)  # 60k small images fit easily; saves a copy per step
+    else:
+        from ..toy import make_dataset
+
+        data, img_size = make_dataset(args.data), None
+        net = make_mlp(o["preset"], dim=2)
+    wrapper = EDMDenoiser if args.method == "edm" else ConsistencyModel
+    model = wrapper(net).to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+
+    teacher = None
+    if args.method == "ect" and o["teacher"]:
+        teacher = _load_teacher(o["teacher"], args.data, img_size, device)  # only its weights are used
+    elif args.method == "ect" and args.data in IMAGE_DATA and not o["from_scratch"]:
+        raise ValueError("--method ect on images starts from a teacher: pass --teacher CKPT (an EDM checkpoint "
+                         "trained with `--method edm`), or --from-scratch to train without one")
+    if args.method == "cd":
+        if o["teacher"]:
+            teacher = _load_teacher(o["teacher"], args.data, img_size, device)
+        elif hasattr(data, "denoiser"):
+            teacher = data.denoiser  # the exact E[x0 | xt] of the Gaussian mixture (its tensors live on the CPU)
+            if device.type != "cpu":
+                exact = teacher
+                teacher = lambda x, t: exact(x.cpu(), t.cpu() if torch.is_tensor(t) else t).to(x)  # noqa: E731
+        else:
+            raise ValueError(f"--method cd on {args.data!r} needs --teacher CKPT, an EDM checkpoint trained with "
+                             f"`python -m cmedu train --data {args.data} --method edm --out DIR`; only 'gmm' has an "
+                             "exact denoiser")
+
+    # 2-D runs start from the notebooks' recipe (curriculum settings included), images from the paper defaults.
+    base = toy_config(args.method, "cpu") if args.data in TOY_DATA else TrainConfig(method=args.method)
+    config = dataclasses.replace(
+        base, steps=o["steps"], batch_size=o["batch_size"], lr=o["lr"], warmup=o["warmup"],
+        cosine_decay=o["cosine_decay"], ema_decay=o["ema_decay"], ema_rampup=o["ema_rampup"], seed=o["seed"],
+        init_from_teacher=not o["from_scratch"],
+        extra=dict(data=args.data, preset=o["preset"], pad32=o["pad32"], teacher=o["teacher"],
+                   minutes=args.minutes if saved is None else saved["config"].get("extra", {}).get("minutes")),
+    )
+    amp = None
+    if args.amp:
+        if device.type == "cuda":
+            amp = torch.bfloat16
+        else:
+            print("note: --amp is ignored on CPU (float32 keeps CPU runs exact and deterministic)", file=sys.stderr)
+    trainer = Trainer(model, data, config, teacher=teacher, device=device, amp_dtype=amp)
+    if saved is not None:
+        trainer.load_state_dict(saved)  # ValueError if the checkpoint is from another model or method
+        print(f"resuming from {ckpt} at step {trainer.step} of {config.steps}")
+    elif args.minutes is not None:
+        seed_global(config.seed, 0)
+        steps = trainer.plan_steps(args.minutes)
+        print(f"planned {steps} steps to fit --minutes {args.minutes:g} (timed on this machine); the schedules "
+              "run their full course over them, and rerunning this command resumes towards the same total")
+    if trainer.step >= config.steps:
+        print(f"nothing to do: {ckpt} is at step {trainer.step} >= --steps {config.steps}")
+        return 0
+
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"training {args.method} on {args.data}: {type(net).__name__} '{o['preset']}' ({n_params / 1e6:.2f}M "
+          f"parameters), batch {config.batch_size}, steps {trainer.step} -> {config.steps}, device {device}")
+    disable = args.quiet or progress_disabled()
+    start_step, t0, rec = trainer.step, time.perf_counter(), None
+    wall0 = config.extra.get("wall_seconds", 0.0) if saved is None else saved["config"]["extra"].get("wall_seconds", 0.0)
+    config.extra["machine"] = describe_machine(device)
+    limit = None if args.minutes is None else 60 * args.minutes
+    bar = tqdm(total=config.steps, initial=trainer.step, desc=f"{args.method} {args.data}", disable=disable)
+    try:
+        seed_global(config.seed, trainer.step)
+        for rec in trainer.run(progress=False, checkpoint=str(ckpt), every=args.every, seconds=limit):
+            seed_global(config.seed, rec.step)
+            config.extra["wall_seconds"] = wall0 + time.perf_counter() - t0  # stored with the next save
+            bar.update(1)
+            if rec.step % 10 == 0 or rec.step == config.steps:
+                elapsed = time.perf_counter() - t0
+                ips = (rec.step - start_step) * config.batch_size / elapsed
+                post = dict(loss=f"{rec.loss:.4g}", img_s=f"{ips:.0f}")
+                if rec.num_points:
+                    post["N"] = rec.num_points
+                if args.method == "ect":
+                    post["stage"] = rec.stage
+                if limit is not None:
+                    post["left"] = f"{max(limit - elapsed, 0) / 60:.1f}min"
+                bar.set_postfix(post)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"\ninterrupted; checkpoints are saved every {args.every} steps in {ckpt}: rerun the same command to resume")
+        return 130
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    ips = (trainer.step - start_step) * config.batch_size / max(elapsed, 1e-9)
+    if rec is None or trainer.step < config.steps:
+        print(f"time budget of {args.minutes:g} min reached at step {trainer.step} of {config.steps}; saved {ckpt}. "
+              "Rerun the same command to continue")
+        return 0
+    print(f"done: step {trainer.step}/{config.steps}, last loss {rec.loss:.4g}, {ips:.0f} images/s "
+          f"({elapsed:.1f} s); checkpoint {ckpt}")
+    return 0
+
