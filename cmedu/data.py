@@ -14,12 +14,26 @@ Where the files are looked for (first match wins):
 
 Each is a folder holding ``MNIST/raw/`` — torchvision's layout, so a folder made by
 ``torchvision.datasets.MNIST(root, download=True)`` works as it is.
+
+CIFAR-10 (Krizhevsky 2009) is looked for in the same folders and, last, in the
+stand-in folder ``../shared/data`` beside the repository. The first folder holding
+either layout wins; inside it, torchvision's lossless ``cifar-10-batches-py/`` (pickled
+``data_batch_1..5`` and ``test_batch``) is preferred to ``CIFAR10-jpeg75/{train,test}.zip``,
+the complete dataset re-encoded as JPEG quality 75 (``train/<class>/NNNN.jpg``), read
+straight from the zip. Pixels and FID on the stand-in differ from the originals, so
+``cifar10_source`` says which one was read: anything measured on it should say
+"JPEG-75".
 """
 import functools
 import gzip
+import io
 import os
+import pickle
+import re
+import zipfile
 import zlib
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -125,4 +139,172 @@ def load_mnist(root=None, train: bool = True, pad_to_32: bool = False):
     return x, torch.from_numpy(labels.astype(np.int64))
 
 
-__all__ = ["load_mnist", "find_mnist_root", "candidate_roots", "MNIST_FILES"]
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR-10
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_SIZES = {True: 50000, False: 10000}
+LOSSLESS, JPEG75 = "cifar-10-batches-py", "jpeg75"
+CIFAR10_BATCHES = {True: tuple(f"data_batch_{i}" for i in range(1, 6)), False: ("test_batch",)}
+CIFAR10_ZIPS = {True: "train.zip", False: "test.zip"}
+SHARED_DATA = REPO_DATA.parent.parent / "shared" / "data"  # ../shared/data beside the repository
+
+_CIFAR_HOW_TO_GET = (
+    "To get the lossless files, on a machine with internet run "
+    "`python -c \"import torchvision; torchvision.datasets.CIFAR10('<root>', download=True)\"` "
+    "(it makes <root>/cifar-10-batches-py/); then pass root=<root> or set CMEDU_DATA=<root>. "
+    "cmedu never downloads."
+)
+
+
+class Cifar10Source(NamedTuple):
+    """Which CIFAR-10 files a loader reads: ``kind`` is 'cifar-10-batches-py' (lossless) or 'jpeg75'."""
+
+    kind: str
+    path: Path  # the cifar-10-batches-py folder, or the train.zip / test.zip of the stand-in
+
+    @property
+    def lossy(self) -> bool:
+        return self.kind == JPEG75
+
+    @property
+    def label(self) -> str:
+        """What to print beside a number measured on this data."""
+        return "CIFAR-10 (JPEG-75 stand-in)" if self.lossy else "CIFAR-10"
+
+
+def cifar10_roots(root=None):
+    """The folders searched for CIFAR-10: ``candidate_roots`` and, without ``root``, ../shared/data last."""
+    roots = candidate_roots(root)
+    if root is None:
+        roots.append(SHARED_DATA)
+    return roots
+
+
+def cifar10_source(root=None, train: bool = True) -> Cifar10Source:
+    """The CIFAR-10 files ``load_cifar10(root, train)`` reads; FileNotFoundError when there are none."""
+    train = bool(train)
+    roots = cifar10_roots(root)
+    for r in roots:
+        batches = r / LOSSLESS
+        if all((batches / n).is_file() for n in CIFAR10_BATCHES[train]):
+            return Cifar10Source(LOSSLESS, batches)
+        zip_path = r / "CIFAR10-jpeg75" / CIFAR10_ZIPS[train]
+        if zip_path.is_file():
+            return Cifar10Source(JPEG75, zip_path)
+    searched = ", ".join(str(r.resolve()) for r in roots)
+    raise FileNotFoundError(
+        f"CIFAR-10 {'training' if train else 'test'} files not found. Looked for (1) torchvision's lossless "
+        f"{LOSSLESS}/ with {', '.join(CIFAR10_BATCHES[train])} and (2) the JPEG-75 stand-in "
+        f"CIFAR10-jpeg75/{CIFAR10_ZIPS[train]} in each of: {searched}. {_CIFAR_HOW_TO_GET}"
+    )
+
+
+def _read_cifar_batch(path: Path):
+    """One pickled batch of torchvision's layout: uint8 images (n, 3, 32, 32) and labels (n,).
+
+    The files were pickled by Python 2, so keys are bytes (b'data', b'labels'); a batch written
+    by Python 3 with str keys is accepted too. Each row of ``data`` holds the red, green and
+    blue 32x32 planes one after the other, hence the reshape to (n, 3, 32, 32).
+    """
+    try:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+        data = np.asarray(batch["data"], dtype=np.uint8)
+        labels = np.asarray(batch["labels"], dtype=np.int64)
+    except Exception as e:  # unpickling a damaged file can raise almost anything
+        raise ValueError(f"cannot read {path}: {type(e).__name__}: {e}. The file is corrupt; replace it. "
+                         f"{_CIFAR_HOW_TO_GET}") from e
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != (len(data),):
+        raise ValueError(f"{path} holds data of shape {data.shape} and {labels.size} labels; expected (n, 3072) "
+                         f"and n labels. Not a CIFAR-10 batch. {_CIFAR_HOW_TO_GET}")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def _read_cifar_batches(folder: Path, train: bool):
+    parts = [_read_cifar_batch(folder / n) for n in CIFAR10_BATCHES[train]]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _jpeg_members(zf: zipfile.ZipFile, zip_path: Path, split: str):
+    """(label, number, member name) of every image, sorted by class and then file number."""
+    pattern = re.compile(rf"{split}/([a-z]+)/(\d+)\.jpg")
+    found = []
+    for name in zf.namelist():
+        if name.endswith("/"):  # folder entries
+            continue
+        m = pattern.fullmatch(name)
+        if m is None or m.group(1) not in CIFAR10_CLASSES:
+            raise ValueError(f"{zip_path} holds {name!r}, which is not {split}/<class>/NNNN.jpg with a CIFAR-10 "
+                             f"class ({', '.join(CIFAR10_CLASSES)}): not the JPEG-75 stand-in. {_CIFAR_HOW_TO_GET}")
+        found.append((CIFAR10_CLASSES.index(m.group(1)), int(m.group(2)), name))
+    missing = set(range(10)) - {label for label, _, _ in found}
+    if missing:
+        raise ValueError(f"{zip_path} has no images of class {', '.join(CIFAR10_CLASSES[i] for i in sorted(missing))}; "
+                         f"expected {split}/<class>/NNNN.jpg for all ten classes. {_CIFAR_HOW_TO_GET}")
+    return sorted(found)
+
+
+def _decode_jpeg(data: bytes, where: str) -> np.ndarray:
+    """One 32x32 RGB image (32, 32, 3) from JPEG bytes; ``where`` names it in errors."""
+    from PIL import Image  # only the stand-in needs PIL
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            rgb = np.asarray(im.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as e:  # PIL's decode errors are mostly OSErrors
+        raise ValueError(f"cannot decode {where}: {type(e).__name__}: {e}. The file is corrupt; replace it. "
+                         f"{_CIFAR_HOW_TO_GET}") from e
+    if rgb.shape != (32, 32, 3):
+        raise ValueError(f"{where} is {rgb.shape[1]}x{rgb.shape[0]}, not 32x32: not CIFAR-10. {_CIFAR_HOW_TO_GET}")
+    return rgb
+
+
+def _read_cifar_jpeg_zip(zip_path: Path, train: bool):
+    """Decode every JPEG of the stand-in zip in place (no extraction): uint8 (n, 3, 32, 32), labels (n,)."""
+    split = "train" if train else "test"
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            members = _jpeg_members(zf, zip_path, split)
+            images = np.empty((len(members), 32, 32, 3), dtype=np.uint8)
+            for i, (_, _, name) in enumerate(members):
+                images[i] = _decode_jpeg(zf.read(name), f"{zip_path}:{name}")
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:  # a damaged archive, or a bad CRC
+        raise ValueError(f"cannot read {zip_path}: {type(e).__name__}: {e}. The file is corrupt; replace it. "
+                         f"{_CIFAR_HOW_TO_GET}") from e
+    labels = np.array([label for label, _, _ in members], dtype=np.int64)
+    return images.transpose(0, 3, 1, 2).copy(), labels
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cifar10_uint8(kind: str, path: str, train: bool):
+    """The decoded uint8 images (N, 3, 32, 32) and labels (N,), cached per process (decoding 50k JPEGs takes ~10 s)."""
+    if kind == LOSSLESS:
+        images, labels = _read_cifar_batches(Path(path), train)
+    else:
+        images, labels = _read_cifar_jpeg_zip(Path(path), train)
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise ValueError(f"{path} holds labels outside 0..9: not CIFAR-10. {_CIFAR_HOW_TO_GET}")
+    images.flags.writeable = labels.flags.writeable = False  # shared by every caller
+    return images, labels
+
+
+def load_cifar10(root=None, train: bool = True):
+    """CIFAR-10 as tensors: images float32 in [-1, 1] of shape (N, 3, 32, 32), labels int64 (N,).
+
+    ``train`` picks the 50,000 training or the 10,000 test images. Which files are read —
+    lossless or the JPEG-75 stand-in — is ``cifar10_source(root, train)``; print its
+    ``label`` beside any number measured on these images. Images of the stand-in come in
+    class order (airplane ... truck), and within a class in the order of the original
+    batches. Decoded files are cached in-process; each call returns fresh tensors.
+    """
+    source = cifar10_source(root, train)
+    images, labels = _load_cifar10_uint8(source.kind, str(source.path.resolve()), bool(train))
+    x = torch.from_numpy(images.astype(np.float32)).div_(127.5).sub_(1.0)
+    return x, torch.from_numpy(labels.astype(np.int64))
+
+
+__all__ = ["load_mnist", "find_mnist_root", "candidate_roots", "MNIST_FILES",
+           "load_cifar10", "cifar10_source", "cifar10_roots", "Cifar10Source", "CIFAR10_CLASSES"]

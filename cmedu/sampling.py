@@ -59,3 +59,18 @@ def teacher_sample(denoiser, x_T: torch.Tensor, nfe: int, eps: float = 0.002, T:
     n_steps = (nfe + 1) // 2
     ts = karras_sigmas(n_steps + 1, eps, T, rho).flip(0)
     return heun_solve(denoiser, x_T, ts, last_step_euler=nfe % 2 == 1)
+
+
+@torch.no_grad()
+def search_two_step_tau(f, x_T: torch.Tensor, score, grid, eps: float = 0.002, T: float = 80.0, seed: int = 0):
+    """The tau of a two-step sampler (Alg. 1 with taus=(tau,)) that minimises ``score(samples)`` over ``grid``.
+
+    Every tau gets the same x_T and the same re-noising z (seeded alike), so the comparison is paired.
+    Score on held-out data, not on the data the final metric uses (as notebook 05 does).
+    Returns (best_tau, {tau: score}).
+    """
+    scores = {}
+    for tau in grid:
+        x = multistep_sample(f, x_T, (float(tau),), eps, torch.Generator().manual_seed(seed), T)
+        scores[float(tau)] = float(score(x))
+    return min(scores, key=scores.get), scores

@@ -17,6 +17,8 @@ from ..checkpoints import build_net, generate, load_checkpoint, load_model
 from ..training import METHODS
 from .common import DATA
 from .evaluate import cmd_eval, cmd_sample, cmd_train_classifier, save_samples
+from .export import add_parser as add_export_parser
+from .export import cmd_export
 from .train import PRESETS, cmd_train
 
 
@@ -47,15 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser(
-        "train", formatter_class=fmt, help="train an EDM teacher or a consistency model (CD, CT, iCT)",
+        "train", formatter_class=fmt, help="train an EDM teacher or a consistency model (CD, CT, iCT, ECT)",
         description="Train a network with cmedu.training.Trainer and save DIR/checkpoint.pt.\n\n"
                     "Rerunning with the same --out resumes from its checkpoint; options you do not repeat are\n"
                     "taken from the checkpoint (e.g. raise --steps to train longer). A checkpoint of another\n"
                     "network, method or dataset is refused with an error.",
         epilog="examples:\n"
                "  python -m cmedu train --data gmm --method cd --out runs/gmm-cd\n"
-               "  python -m cmedu train --data mnist --method edm --preset tiny --out runs/mnist-edm\n"
-               "  python -m cmedu train --data mnist --method cd --teacher runs/mnist-edm/checkpoint.pt "
+               "  python -m cmedu train --data mnist --method edm --minutes 90 --out runs/mnist-edm\n"
+               "  python -m cmedu train --data mnist --method cd --teacher runs/mnist-edm --minutes 45 "
                "--out runs/mnist-cd",
     )
     t.add_argument("--data", required=True, choices=DATA,
@@ -156,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_root(c)
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     _common(c)
+    add_export_parser(sub, fmt, _common, _data_root)
     return parser
 
 
@@ -164,10 +167,14 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("steps", "batch_size", "n", "threads", "every", "epochs", "warmup"):
+    args.argv = argv
+    for name in ("steps", "batch_size", "n", "threads", "every", "epochs", "warmup", "tau_n"):
         value = getattr(args, name, None)
-        if value is not None and value < (0 if name == "warmup" else 1):
-            parser.error(f"--{name.replace('_', '-')} must be >= {0 if name == 'warmup' else 1}; got {value}")
+        low = 0 if name in ("warmup", "tau_n") else 1
+        if value is not None and value < low:
+            parser.error(f"--{name.replace('_', '-')} must be >= {low}; got {value}")
+    if getattr(args, "minutes", None) is not None and not args.minutes > 0:
+        parser.error(f"--minutes must be > 0; got {args.minutes}")
     if getattr(args, "nfe", None) is not None and min(np.atleast_1d(args.nfe)) < 1:
         parser.error(f"--nfe must be >= 1; got {args.nfe}")
     try:
@@ -177,6 +184,8 @@ def main(argv=None) -> int:
             return cmd_sample(args)
         if args.command == "eval":
             return cmd_eval(args)
+        if args.command == "export":
+            return cmd_export(args, argv)
         return cmd_train_classifier(args, argv)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         print(f"cmedu {args.command}: error: {e}", file=sys.stderr)

