@@ -1,4 +1,5 @@
-"""Benchmark of the 2-D path: ``python -m cmedu.bench toy --profile cpu --out DIR``.
+"""Benchmarks: ``python -m cmedu.bench toy --profile cpu --out DIR`` (the 2-D path) and
+``python -m cmedu.bench unet`` (U-Net images/s per preset, see ``cmedu.bench_unet``).
 
 Trains CD, CT and iCT on the Gaussian mixture, then prints, for each method and number of
 function evaluations (NFE): the sliced Wasserstein distance and the energy distance (± s.e.)
@@ -81,13 +82,21 @@ def format_table(rows) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m cmedu.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("task", choices=["toy"], help="which benchmark to run (the 2-D Gaussian mixture)")
+    parser.add_argument("task", choices=["toy", "unet"],
+                        help="toy: quality and sampling time on the 2-D Gaussian mixture; unet: U-Net images/s per preset")
     parser.add_argument("--profile", choices=PROFILES, default="cpu", help="training sizes (smoke: seconds)")
     parser.add_argument("--out", default="bench-out", help="folder for the .npy samples and table.txt")
     parser.add_argument("--seed", type=int, default=0, help="seed of training and sampling")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for the small MLP)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: per-thread figures)")
+    parser.add_argument("--heun-batch", type=int, default=1000,
+                        help="unet: batch of the one-step vs 35-NFE Heun timing (0 skips it)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.task == "unet":
+        from .bench_unet import run_unet
+
+        print(run_unet(heun_batch=args.heun_batch))
+        return
     torch.manual_seed(args.seed)
     table = format_table(run_toy(args.profile, args.out, args.seed))
     print(table)

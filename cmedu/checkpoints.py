@@ -40,12 +40,15 @@ def build_net(net_config: dict):
 
 
 def resolve(path) -> Path:
-    """``path`` itself, ``path/checkpoint.pt`` for a run folder, or a bare name from the repository's checkpoints/."""
+    """``path`` itself, ``path/checkpoint.pt`` for a run folder, or a path inside the repository's checkpoints/
+    (e.g. "mnist_edm.pt" or "gpu/mnist_cd.pt"), so notebooks find the committed files from any folder."""
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint.pt"
-    if not path.exists() and not path.parent.parts and (REPO_CHECKPOINTS / path).is_file():
-        path = REPO_CHECKPOINTS / path  # e.g. "mnist_cd.pt"
+    if not path.exists() and not path.is_absolute():
+        for base in (REPO_CHECKPOINTS, REPO_CHECKPOINTS.parent):  # "mnist_cd.pt", "checkpoints/gpu/mnist_cd.pt"
+            if (base / path).is_file():
+                return base / path
     return path
 
 

@@ -5,36 +5,41 @@
 #
 #   bash scripts/mnist_gpu.sh OUTDIR            # on a GPU machine, from the repository root
 #   DEVICE=cpu PRESET=fast SCALE=0.02 N_EVAL=200 bash scripts/mnist_gpu.sh /tmp/x   # a smoke test on a CPU
+#   CONSISTENCY_TRAINING=0 bash scripts/mnist_gpu.sh OUTDIR   # only the teacher, CD and ECT
 #
 # The teacher, iCT and CT train at the same time (one GPU is not saturated by one small U-Net),
 # then CD and ECT start from the teacher.
 set -uo pipefail
 OUT=${1:?usage: bash scripts/mnist_gpu.sh OUTDIR}
 DEVICE=${DEVICE:-cuda}; PRESET=${PRESET:-small}; SCALE=${SCALE:-1}; N_EVAL=${N_EVAL:-10000}
-BATCH=${BATCH:-256}; TAU_N=${TAU_N:-2000}
+BATCH=${BATCH:-256}; TAU_N=${TAU_N:-2000}; THREADS=${THREADS:-2}; CONSISTENCY_TRAINING=${CONSISTENCY_TRAINING:-1}
 RUNS=${RUNS:-runs/gpu}
 PY=${PY:-python3}
 m() { $PY -c "print(round($1 * $SCALE, 3))"; }
-T="$PY -m cmedu train --data mnist --device $DEVICE --preset $PRESET --batch-size $BATCH --quiet"
+T="$PY -m cmedu train --data mnist --device $DEVICE --preset $PRESET --batch-size $BATCH --threads $THREADS --quiet"
 mkdir -p "$OUT" "$RUNS"
 log() { echo "[$(date +%T)] $*"; }
 
-log "teacher, iCT and CT"
+log "teacher (and iCT, CT)"
 $T --method edm --minutes "$(m 3.5)" --out "$RUNS/mnist-edm" > "$RUNS/edm.log" 2>&1 &
 P_EDM=$!
-$T --method ict --minutes "$(m 5.3)" --out "$RUNS/mnist-ict" > "$RUNS/ict.log" 2>&1 &
-P_ICT=$!
-$T --method ct --minutes "$(m 5.3)" --out "$RUNS/mnist-ct" > "$RUNS/ct.log" 2>&1 &
-P_CT=$!
+CT_PIDS=""; NAMES="edm cd ect"
+if [ "$CONSISTENCY_TRAINING" = 1 ]; then
+  $T --method ict --minutes "$(m 5.3)" --out "$RUNS/mnist-ict" > "$RUNS/ict.log" 2>&1 &
+  CT_PIDS="$CT_PIDS $!"
+  $T --method ct --minutes "$(m 5.3)" --out "$RUNS/mnist-ct" > "$RUNS/ct.log" 2>&1 &
+  CT_PIDS="$CT_PIDS $!"
+  NAMES="$NAMES ict ct"
+fi
 wait $P_EDM || log "teacher failed (see $RUNS/edm.log)"
 log "CD and ECT from the teacher"
 $T --method cd --teacher "$RUNS/mnist-edm" --minutes "$(m 1.7)" --out "$RUNS/mnist-cd" > "$RUNS/cd.log" 2>&1 &
 P_CD=$!
 $T --method ect --teacher "$RUNS/mnist-edm" --minutes "$(m 1.7)" --out "$RUNS/mnist-ect" > "$RUNS/ect.log" 2>&1 &
 P_ECT=$!
-for p in $P_ICT $P_CT $P_CD $P_ECT; do wait $p || log "a training run failed (see $RUNS/*.log)"; done
+for p in $CT_PIDS $P_CD $P_ECT; do wait $p || log "a training run failed (see $RUNS/*.log)"; done
 log "export and evaluate"
-for name in edm cd ect ict ct; do
+for name in $NAMES; do
   (
     $PY -m cmedu export --ckpt "$RUNS/mnist-$name" --out "$OUT/mnist_$name.pt" --device "$DEVICE" --tau-n "$TAU_N"
     if [ "$name" = edm ]; then nfe="35"; else nfe="1 2"; fi

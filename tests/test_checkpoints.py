@@ -1,0 +1,95 @@
+"""Loading checkpoints: exported float16 weights, clear errors for bad files, the committed MNIST models."""
+import os
+
+import pytest
+import torch
+
+from cmedu.checkpoints import (WEIGHTS_FORMAT, export_weights, generate, load_checkpoint, load_model, resolve,
+                               stored_taus)
+from cmedu.cli import main
+from cmedu.parameterization import ConsistencyModel, EDMDenoiser
+
+TOY = ["--preset", "tiny", "--batch-size", "32", "--quiet", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def gmm_cd(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gmm-cd")
+    assert main(["train", "--data", "gmm", "--method", "cd", "--out", str(out), "--steps", "3", *TOY]) == 0
+    return out
+
+
+def test_export_keeps_ema_in_float16_and_loads_back(gmm_cd, tmp_path):
+    state = load_checkpoint(gmm_cd)
+    out = tmp_path / "cd.pt"
+    export_weights(state, out, taus={"2": [0.5]}, train_command="python -m cmedu train ...")
+    exported = load_checkpoint(out)
+    assert exported["format"] == WEIGHTS_FORMAT and "opt" not in exported and "model" not in exported
+    assert all(v.dtype == torch.float16 for v in exported["ema"].values() if v.is_floating_point())
+    assert stored_taus(exported, 2) == [0.5] and stored_taus(exported, 3) is None
+    model, _ = load_model(out)
+    full, _ = load_model(gmm_cd)
+    x, t = torch.randn(8, 2), torch.full((8,), 1.0)
+    assert torch.allclose(model(x, t), full(x, t), atol=2e-2)  # float16 rounding only
+    with pytest.raises(ValueError, match="no 'model' weights"):
+        load_model(out, weights="model")
+
+
+def test_export_command_chooses_tau(gmm_cd, tmp_path, capsys):
+    out = tmp_path / "cd.pt"
+    assert main(["export", "--ckpt", str(gmm_cd), "--out", str(out), "--tau-n", "200", "--threads", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "tau search" in text and "-> tau =" in text
+    state = load_checkpoint(out)
+    tau = stored_taus(state, 2)[0]
+    assert min(state["record"]["tau_scores"].values()) == state["record"]["tau_scores"][tau]
+    assert main(["export", "--ckpt", str(out), "--out", str(tmp_path / "again.pt")]) == 2  # already exported
+
+
+@pytest.mark.parametrize("content", [b"garbage, not a checkpoint", b"", None])
+def test_bad_files_give_a_clear_error(tmp_path, gmm_cd, content, capsys):
+    bad = tmp_path / "bad.pt"
+    if content is None:  # a truncated checkpoint
+        data = (gmm_cd / "checkpoint.pt").read_bytes()
+        bad.write_bytes(data[: len(data) // 2])
+    else:
+        bad.write_bytes(content)
+    with pytest.raises(ValueError, match="bad.pt"):
+        load_checkpoint(bad)
+    assert main(["sample", "--ckpt", str(bad), "--n", "2", "--out", str(tmp_path / "x.npy")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.pt" in err and "Traceback" not in err
+
+
+def test_a_pickle_that_is_not_a_checkpoint(tmp_path):
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(3)}, other)
+    with pytest.raises(ValueError, match="not a cmedu checkpoint"):
+        load_checkpoint(other)
+
+
+def test_missing_file_names_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="cmedu train"):
+        load_checkpoint(tmp_path / "nothing.pt")
+
+
+COMMITTED = ["gpu/mnist_edm.pt", "gpu/mnist_cd.pt", "gpu/mnist_ect.pt", "gpu/mnist_ict.pt", "gpu/mnist_ct.pt"]
+
+
+@pytest.mark.parametrize("name", COMMITTED)
+def test_committed_mnist_checkpoints_load_and_sample(name):
+    path = resolve(name)
+    assert path.is_file() and os.path.getsize(path) <= 16 * 2**20
+    model, state = load_model(name)
+    assert isinstance(model, EDMDenoiser if "edm" in name else ConsistencyModel)
+    assert state["record"]["train_command"].startswith("python -m cmedu train --data mnist")
+    if "edm" not in name:
+        assert stored_taus(state, 2) is not None  # two-step sampling uses the chosen tau
+    x = generate(model, state, 4, 1 if "edm" not in name else 3)
+    assert x.shape == (4, 1, 28, 28) and x.abs().max() <= 1
+
+
+def test_eval_on_a_committed_checkpoint(capsys):
+    assert main(["eval", "--ckpt", "gpu/mnist_cd.pt", "--nfe", "1", "2", "--n", "50", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "NFE 1: FD-MNIST" in out and "NFE 2: FD-MNIST" in out
