@@ -26,7 +26,7 @@ from .training import CHECKPOINT_FORMAT, save_atomic
 WEIGHTS_FORMAT = "cmedu-weights-v1"
 FORMATS = (CHECKPOINT_FORMAT, WEIGHTS_FORMAT)
 MODEL_CLASSES = {"EDMDenoiser": EDMDenoiser, "ConsistencyModel": ConsistencyModel}
-IMAGE_DATA = ("mnist",)
+IMAGE_DATA = ("mnist", "cifar10")
 REPO_CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
 
 

@@ -306,5 +306,19 @@ def load_cifar10(root=None, train: bool = True):
     return x, torch.from_numpy(labels.astype(np.int64))
 
 
-__all__ = ["load_mnist", "find_mnist_root", "candidate_roots", "MNIST_FILES",
+IMAGE_DATASETS = ("mnist", "cifar10")
+
+
+def load_images(name: str, root=None, train: bool = True, pad_to_32: bool = False) -> torch.Tensor:
+    """The images of an image dataset by name ('mnist' or 'cifar10'), float32 in [-1, 1], shape (N, C, H, W)."""
+    if name == "mnist":
+        return load_mnist(root, train, pad_to_32)[0]
+    if name == "cifar10":
+        if pad_to_32:
+            raise ValueError("pad_to_32 is for MNIST (28x28); CIFAR-10 images are already 32x32")
+        return load_cifar10(root, train)[0]
+    raise ValueError(f"unknown image dataset {name!r}; allowed values: {', '.join(IMAGE_DATASETS)}")
+
+
+__all__ = ["load_mnist", "load_images", "IMAGE_DATASETS", "find_mnist_root", "candidate_roots", "MNIST_FILES",
            "load_cifar10", "cifar10_source", "cifar10_roots", "Cifar10Source", "CIFAR10_CLASSES"]

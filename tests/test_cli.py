@@ -43,7 +43,7 @@ def mnist_ct(tmp_path_factory):
 def test_help_explains_every_option(capsys):
     parser = build_parser()
     subparsers = parser._subparsers._group_actions[0].choices
-    assert set(subparsers) == {"train", "sample", "eval", "train-classifier"}
+    assert set(subparsers) == {"train", "sample", "eval", "export", "train-classifier"}
     for name, sub in subparsers.items():
         for action in sub._actions:
             assert action.help, f"{name} {action.option_strings} has no help text"

@@ -35,8 +35,8 @@ def _common(p, sampling=False):
 
 def _data_root(p):
     p.add_argument("--data-root", default=None,
-                   help="mnist: folder holding MNIST/raw/*.gz (default: $CMEDU_DATA, then the repository's data/, "
-                        "then ./data)")
+                   help="images: folder holding MNIST/raw/*.gz or cifar-10-batches-py/ (or CIFAR10-jpeg75/*.zip) "
+                        "(default: $CMEDU_DATA, then the repository's data/, then ./data; CIFAR-10 also ../shared/data)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                "--out runs/mnist-cd",
     )
     t.add_argument("--data", required=True, choices=DATA,
-                   help="training data: mnist (U-Net on 28x28, or 32x32 with --pad32) or a 2-D toy set "
+                   help="training data: mnist (U-Net on 28x28, or 32x32 with --pad32), cifar10 (3x32x32) or a 2-D toy set "
                         "(MLP): gmm (8-mode ring Gaussian mixture, exact denoiser), moons, spiral, checkerboard")
     t.add_argument("--method", required=True, choices=METHODS,
                    help="edm: denoiser D(x,t) (the teacher for CD, sampled by the PF-ODE); cd: consistency "
@@ -140,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--classifier", default=None,
                    help="mnist: classifier weights (default: the repository's checkpoints/mnist_classifier.pt)")
     e.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    e.add_argument("--fid-stats", default=None,
+                   help="cifar10: an .npz file caching the test set's Inception statistics (computed once)")
     _data_root(e)
     _common(e, sampling=True)
 

@@ -56,44 +56,67 @@ def cmd_eval(args):
     data = data_of(state)
     results = {"ckpt": str(args.ckpt), "step": state["step"], "data": data, "method": state["config"]["method"], "nfe": {}}
     print(f"{args.ckpt}: {state['model_class']} ({results['method']}) on {data}, step {state['step']}, {args.n} samples")
-    if data in IMAGE_DATA:
-        from ..classifier import class_histogram, extract_features, frechet_distance, load_classifier
-
-        from ..data import load_mnist
-
-        clf = load_classifier(args.classifier, device)
-        ref_feats = extract_features(clf, load_mnist(args.data_root, train=False)[0])  # the 10k test images
-        floor = clf.metadata.get("fd_floor")
-        if floor is not None:
-            print(f"FD-MNIST floor (10k train vs 10k test images): {floor:.3f}")
-        results["fd_floor"] = floor
-    else:
-        from ..metrics import energy_distance, sliced_wasserstein
-        from ..toy import make_dataset
-
-        dataset = make_dataset(data)
-        g = torch.Generator().manual_seed(args.seed + 1)
-        ref, ref2 = dataset.sample(args.n, generator=g), dataset.sample(args.n, generator=g)
-        sw0 = sliced_wasserstein(ref2, ref, generator=torch.Generator().manual_seed(0))
-        ed0 = energy_distance(ref2, ref)
-        print(f"data-vs-data floor: sliced W2 {sw0:.4f}, energy distance {ed0[0]:.2e} ± {ed0[1]:.1e}")
-        results["floor"] = {"sliced_wasserstein": sw0, "energy_distance": ed0[0]}
+    score = make_scorer(data, args, device, results)
     for nfe in args.nfe or [default_nfe(state)]:
         x = generate(model, state, args.n, nfe, args.seed, device, args.batch_size)
-        if data in IMAGE_DATA:
-            fd = frechet_distance(extract_features(clf, x), ref_feats)
-            hist = class_histogram(clf, x)
-            results["nfe"][nfe] = {"fd_mnist": fd, "class_histogram": hist.tolist()}
-            print(f"NFE {nfe}: FD-MNIST {fd:.3f}; digits 0-9: " + " ".join(f"{h:.3f}" for h in hist.tolist()))
-        else:
-            sw = sliced_wasserstein(x, ref, generator=torch.Generator().manual_seed(0))
-            ed, se = energy_distance(x, ref)
-            results["nfe"][nfe] = {"sliced_wasserstein": sw, "energy_distance": ed, "energy_distance_se": se}
-            print(f"NFE {nfe}: sliced W2 {sw:.4f}, energy distance {ed:.2e} ± {se:.1e}")
+        results["nfe"][nfe], line = score(x)
+        print(f"NFE {nfe}: {line}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0
+
+
+def make_scorer(data: str, args, device, results: dict):
+    """score(samples) -> (numbers, printed line) for this dataset; prints the reference it compares with.
+
+    mnist: FD-MNIST against the 10k test images and the digit classes; cifar10: FID (TF-Inception) against
+    the 10k test images, labelled with the data source; 2-D: sliced W2 and energy distance against fresh data.
+    """
+    if data == "mnist":
+        from ..classifier import class_histogram, extract_features, frechet_distance, load_classifier
+        from ..data import load_mnist
+
+        clf = load_classifier(args.classifier, device)
+        ref_feats = extract_features(clf, load_mnist(args.data_root, train=False)[0])  # the 10k test images
+        results["fd_floor"] = floor = clf.metadata.get("fd_floor")
+        if floor is not None:
+            print(f"FD-MNIST floor (10k train vs 10k test images): {floor:.3f}")
+
+        def score(x):
+            fd, hist = frechet_distance(extract_features(clf, x), ref_feats), class_histogram(clf, x).tolist()
+            return {"fd_mnist": fd, "class_histogram": hist}, f"FD-MNIST {fd:.3f}; digits 0-9: " + " ".join(
+                f"{h:.3f}" for h in hist)
+        return score
+    if data == "cifar10":
+        from ..data import cifar10_source, load_cifar10
+        from ..fid import fid_from_stats, fid_stats
+
+        source, test = cifar10_source(args.data_root, train=False), load_cifar10(args.data_root, train=False)[0]
+        ref = fid_stats(test, device=device, cache=args.fid_stats)
+        results["reference"] = f"{len(test):,} test images of {source.label}"
+        print(f"FID (TF-Inception) against the {results['reference']}")
+
+        def score(x):
+            value = fid_from_stats(*fid_stats(x, device=device), *ref)
+            return {"fid": value, "n": len(x)}, f"FID {value:.2f} ({len(x)} samples; {source.label})"
+        return score
+    from ..metrics import energy_distance, sliced_wasserstein
+    from ..toy import make_dataset
+
+    g = torch.Generator().manual_seed(args.seed + 1)
+    dataset = make_dataset(data)
+    ref, ref2 = dataset.sample(args.n, generator=g), dataset.sample(args.n, generator=g)
+    sw0, ed0 = sliced_wasserstein(ref2, ref, generator=torch.Generator().manual_seed(0)), energy_distance(ref2, ref)
+    print(f"data-vs-data floor: sliced W2 {sw0:.4f}, energy distance {ed0[0]:.2e} ± {ed0[1]:.1e}")
+    results["floor"] = {"sliced_wasserstein": sw0, "energy_distance": ed0[0]}
+
+    def score(x):
+        sw = sliced_wasserstein(x, ref, generator=torch.Generator().manual_seed(0))
+        ed, se = energy_distance(x, ref)
+        return ({"sliced_wasserstein": sw, "energy_distance": ed, "energy_distance_se": se},
+                f"sliced W2 {sw:.4f}, energy distance {ed:.2e} ± {se:.1e}")
+    return score
 
 
 # -- train-classifier -----------------------------------------------------------------------------

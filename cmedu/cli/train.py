@@ -26,21 +26,21 @@ _TOY = toy_config("cd", "cpu")
 DEFAULTS = {
     "toy": dict(batch_size=_TOY.batch_size, lr=_TOY.lr, warmup=_TOY.warmup, cosine_decay=_TOY.cosine_decay,
                 ema_decay=_TOY.ema_decay, preset="small"),
-    "mnist": dict(steps=20000, batch_size=128, lr=5e-4, warmup=200, cosine_decay=True, ema_decay=0.999,
+    "image": dict(steps=20000, batch_size=128, lr=5e-4, warmup=200, cosine_decay=True, ema_decay=0.999,
                   ema_rampup=0.05, preset="fast"),
 }
 # Students that start from the teacher's weights fine-tune: a lower learning rate and no warm-up.
-STUDENT_DEFAULTS = {"mnist": dict(lr=1e-4, warmup=0)}
+STUDENT_DEFAULTS = {"image": dict(lr=1e-4, warmup=0)}
 TRAIN_KEYS = ("steps", "batch_size", "lr", "warmup", "cosine_decay", "ema_decay", "ema_rampup", "seed")
 
 def _resolve_train_options(args, saved):
     """Command-line value, else the resumed checkpoint's, else the default for this data."""
-    kind = "mnist" if args.data in IMAGE_DATA else "toy"
+    kind = "image" if args.data in IMAGE_DATA else "toy"
     defaults = dict(DEFAULTS[kind], seed=0, pad32=False, teacher=None, ema_rampup=None, from_scratch=False)
     defaults.setdefault("steps", toy_config(args.method, "cpu").steps if args.method != "ect" else 3000)
     if args.method in TEACHER_METHODS:
         defaults.update(STUDENT_DEFAULTS.get(kind, {}))
-    if kind == "mnist":
+    if kind == "image":
         defaults["ema_rampup"] = DEFAULTS[kind]["ema_rampup"]
     old = {}
     if saved is not None:
@@ -85,13 +85,13 @@ def cmd_train(args):
 
     torch.manual_seed(o["seed"])  # network initialisation
     if args.data in IMAGE_DATA:
-        from ..data import load_mnist
+        from ..data import load_images
 
-        data, _ = load_mnist(args.data_root, train=True, pad_to_32=o["pad32"])
+        data = load_images(args.data, args.data_root, train=True, pad_to_32=o["pad32"])
         img_size = data.shape[-1]
-        net = make_unet(o["preset"], in_ch=1, img_size=img_size)
+        net = make_unet(o["preset"], in_ch=data.shape[1], img_size=img_size)
         if device.type == "cuda":
-            data = data.to(device)  # 60k small images fit easily; saves a copy per step
+            data = data.to(device)  # 50-60k small images fit easily; saves a copy per step
     else:
         from ..toy import make_dataset
 
