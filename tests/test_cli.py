@@ -194,3 +194,22 @@ def test_cd_on_gmm_learns_the_mixture(capsys, tmp_path):
     rc, out, _ = run(capsys, "eval", "--ckpt", tmp_path, "--nfe", 1, "--n", 4000, "--json", tmp_path / "r.json")
     res = json.loads((tmp_path / "r.json").read_text())
     assert res["nfe"]["1"]["sliced_wasserstein"] < 0.1
+
+
+def test_minutes_plans_the_steps_and_a_rerun_reaches_the_same_total(capsys, tmp_path):
+    args = ["train", "--data", "gmm", "--method", "ct", "--out", tmp_path, "--minutes", "0.01", *TOY]
+    rc, out, _ = run(capsys, *args)
+    assert rc == 0 and "planned" in out
+    planned = load_checkpoint(tmp_path)["config"]["steps"]
+    assert planned >= 1
+    rc, out, _ = run(capsys, *args)  # resumes (or finds nothing to do) towards the same planned total
+    state = load_checkpoint(tmp_path)
+    assert rc == 0 and state["config"]["steps"] == planned and state["step"] == planned
+    assert state["config"]["extra"]["minutes"] == 0.01 and state["config"]["extra"]["command"].startswith(
+        "python -m cmedu train")
+
+
+def test_minutes_must_be_positive(capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        main(["train", "--data", "gmm", "--method", "ct", "--out", str(tmp_path), "--minutes", "0"])
+    assert "--minutes must be > 0" in capsys.readouterr().err

@@ -1,10 +1,10 @@
 """``python -m cmedu export``: a run's EMA weights in float16, with the two-step tau chosen on held-out data.
 
 The tau search follows notebook 05: a grid of taus, the same noise for each, a score on data the
-final evaluation does not use (MNIST: FD-MNIST against the last 10,000 *training* images; CIFAR-10: FID against 10,000 random training
-images; 2-D:
-sliced W2 against fresh samples of the dataset). The chosen tau is stored in the file, and
-``sample``/``eval --nfe 2`` use it, so two steps are not worse than one by accident.
+final evaluation does not use (MNIST: FD-MNIST against the last 10,000 *training* images; CIFAR-10:
+FID against 10,000 random training images; 2-D: sliced W2 against fresh samples of the dataset).
+The chosen tau is stored in the file, and ``sample``/``eval --nfe 2`` use it, so two steps are not
+worse than one by accident.
 """
 import os
 import shlex

@@ -158,6 +158,8 @@ def cmd_train(args):
     config.extra["machine"] = describe_machine(device)
     if saved is None:
         config.extra["command"] = "python -m cmedu " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []))
+    else:  # the command that started the run stays its record
+        config.extra["command"] = saved["config"]["extra"].get("command")
     limit = None if args.minutes is None else 60 * args.minutes
     bar = tqdm(total=config.steps, initial=trainer.step, desc=f"{args.method} {args.data}", disable=disable)
     try:
