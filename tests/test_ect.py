@@ -146,3 +146,27 @@ def test_plan_steps_and_time_limit():
     assert time.perf_counter() - t0 < 5 and 0 < len(recs) < steps  # stopped on time, before the planned total
     with pytest.raises(ValueError, match="minutes"):
         tr.plan_steps(0)
+
+
+@pytest.mark.skipif(__import__("os").environ.get("CMEDU_SLOW") != "1", reason="slow test: set CMEDU_SLOW=1")
+def test_ect_vs_cd_consistency_error_on_the_mixture():
+    """ECT against CD on the 2-D mixture, 3000 steps each, consistency error against the exact flow map.
+
+    Measured (one thread): ECT is closer than CD at small t (0.013 vs 0.024 at t = 0.1) but about twice
+    as far for t >= 0.5 (0.08-0.13 vs 0.04). Why not below CD everywhere: here ECT starts from scratch (the
+    exact 2-D teacher has no weights to start from, which is ECT's main advantage on images) and learns
+    from single-sample targets like CT, while CD follows the exact teacher's ODE steps.
+    """
+    from cmedu import metrics, recipes, schedules
+
+    gmm = make_dataset("gmm")
+    ts = schedules.karras_sigmas(12, 0.01, 80.0)
+    err = {}
+    for method in ("cd", "ect"):
+        tr = recipes.toy_trainer(method, "cpu", steps=3000)
+        tr.fit(progress=False)
+        err[method] = metrics.consistency_error(tr.ema, gmm, ts.tolist(), n=2000,
+                                                generator=torch.Generator().manual_seed(2))
+    small = (ts > 0.02) & (ts <= 0.1)
+    assert (err["ect"][small] < err["cd"][small]).all()
+    assert (err["ect"] < 4 * err["cd"] + 0.01).all()
