@@ -239,9 +239,15 @@ def stroke_guided(f, strokes: torch.Tensor, t_start: float, taus=(), eps: float 
     treat the strokes as data, noise them to t_start, jump back with f, then Alg. 1 steps at ``taus``.
 
     t_start trades faithfulness (small) for realism (large); taus must decrease inside (eps, t_start).
+    ``strokes`` must lie in [-1, 1], the range of the training images: the noise level t_start only
+    means what it says for data on the model's scale.
     """
     t_start = _check_level("t_start", t_start, eps, T)
     taus = check_taus(taus, eps, t_start)
+    lo, hi = float(strokes.min()), float(strokes.max())
+    if not (lo >= -1 - 1e-5 and hi <= 1 + 1e-5):  # written so that NaN fails too
+        raise ValueError(f"strokes must lie in [-1, 1] like the training images; got values in [{lo:.4g}, {hi:.4g}]. "
+                         f"Map an image in [0, 1] with x * 2 - 1, or clamp it with strokes.clamp(-1, 1)")
     z = torch.randn(strokes.shape, generator=generator, dtype=strokes.dtype).to(strokes)
     x = f(strokes + t_start * z, t_start)
     for tau in taus:

@@ -112,3 +112,44 @@ def plot_consistency_map(x_t, f_x, t: float, reference=None, axes=None, lim: flo
     right.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", xlabel="$x_1$", ylabel="$x_2$",
               title=f"$f(x_t, t)$, t = {t:.3g}")
     return axes
+
+
+def image_rows(rows: dict, scale: float = 0.75, fontsize: int = 9):
+    """Before/after comparisons: one row of images per entry of ``rows`` ({label: images (n, c, h, w) in [-1, 1]}),
+    stacked top to bottom with the label above its row. Rows may have different lengths. Returns the figure.
+    """
+    if not rows:
+        raise ValueError("rows is empty: give at least one {label: images} entry")
+    longest = max(len(v) for v in rows.values())
+    fig, axes = plt.subplots(len(rows), 1, figsize=(max(3.0, scale * longest), (scale + 0.3) * len(rows)),
+                             squeeze=False)
+    for ax, (label, images) in zip(axes[:, 0], rows.items()):
+        image_grid(images, nrow=len(images), ax=ax)
+        ax.images[-1].set_interpolation("nearest")  # crisp pixels (and small PNG files)
+        ax.set_title(label, fontsize=fontsize, loc="left")
+    fig.tight_layout(h_pad=0.3)
+    return fig
+
+
+def sliders_explorer(draw, initial: dict = None, **options):
+    """One ipywidgets slider per keyword (``name=[values]``) that calls ``draw(**values)`` on every change.
+
+    Like ``slider_explorer`` for several parameters at once (e.g. a mask's position and size).
+    ``draw`` must create its own figure; ``initial`` ({name: value}) sets start values (default:
+    each list's first value). Returns the widget (display it in a notebook).
+    """
+    import ipywidgets as widgets
+
+    initial = initial or {}
+    unknown = set(initial) - set(options)
+    if unknown:
+        raise ValueError(f"initial names {sorted(unknown)} are not sliders; sliders: {sorted(options)}")
+    sliders = {}
+    for name, values in options.items():
+        values = list(values)
+        if not values:
+            raise ValueError(f"slider {name!r} has no values")
+        sliders[name] = widgets.SelectionSlider(
+            options=[(f"{v:.4g}" if isinstance(v, float) else str(v), v) for v in values],
+            value=initial.get(name, values[0]), description=name, continuous_update=False)
+    return widgets.interactive(draw, **sliders)

@@ -175,7 +175,7 @@ def test_super_resolve_keeps_block_means(cm_img, factor):
 
 def test_stroke_guided_steps_and_boundary(cm_img):
     f = Recorder()
-    strokes = torch.randn(2, 3, 8, 8)
+    strokes = torch.rand(2, 3, 8, 8, generator=gen(3)) * 2 - 1  # strokes live in the images' range [-1, 1]
     stroke_guided(f, strokes, 10.0, taus=[3.0, 0.3], generator=gen())
     assert f.times == [10.0, 3.0, 0.3]
     assert abs(float((f.inputs[0] - strokes).std()) - 10.0) < 1.0
@@ -263,6 +263,35 @@ def test_bad_inputs_raise(cm_img):
         iterative_edit(cm_img, img, torch.ones(3, 1, 1), transform=torch.eye(4))
     with pytest.raises(ValueError, match="same shape"):
         slerp(torch.randn(2, 3), torch.randn(2, 4), 0.5)
+
+
+def test_bad_inputs_on_mnist_sized_images_name_the_fix():
+    """The mistakes a reader of notebook 07 can make with 28x28 digits, each caught before the network runs."""
+    cm = ConsistencyModel(TinyConv(1)).eval()
+    digits = torch.rand(2, 1, 28, 28, generator=gen(6)) * 2 - 1
+    for mask in (torch.ones(14, 28), torch.ones(2, 1, 28, 14), torch.ones(3, 1, 28, 28)):  # wrong shapes
+        with pytest.raises(ValueError, match=r"mask of shape .* does not fit y of shape \(2, 1, 28, 28\)"):
+            inpaint(cm, digits, mask)
+    with pytest.raises(ValueError, match="binary"):
+        inpaint(cm, digits, torch.rand(28, 28))
+    for factor in (3, 5, 8):  # 28 = 2^2 * 7: only 1, 2, 4, 7, 14, 28 divide it
+        with pytest.raises(ValueError, match="divides H and W .* pick a divisor"):
+            block_mean(digits, factor)
+    for t_start in (0.0, 0.001, 80.5, float("inf")):
+        with pytest.raises(ValueError, match=r"t_start must lie in \[eps, T\] = \[0.002, 80.0\]"):
+            stroke_guided(cm, digits, t_start)
+    for strokes in (digits * 1.5, (digits + 1) * 127.5, digits - 0.5, torch.full_like(digits, float("nan"))):
+        with pytest.raises(ValueError, match=r"strokes must lie in \[-1, 1\].*x \* 2 - 1"):
+            stroke_guided(cm, strokes, 1.0)
+
+
+def test_stroke_range_check_accepts_the_bounds(cm_img):
+    """Exactly -1 and 1 (a binary stroke image) are fine, so is round-off from mapping [0, 1] to [-1, 1]."""
+    strokes = torch.where(torch.rand(2, 3, 8, 8, generator=gen(5)) < 0.5, -1.0, 1.0)
+    assert stroke_guided(cm_img, strokes, 1.0, generator=gen()).shape == strokes.shape
+    u = torch.rand(2, 3, 8, 8, generator=gen(4))
+    u[0, 0, 0, 0], u[0, 0, 0, 1] = 0.0, 1.0
+    stroke_guided(cm_img, u * 2 - 1, 1.0, generator=gen())
 
 
 # ---------------------------------------------------------------- 2-D: the exact conditional
