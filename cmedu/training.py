@@ -88,11 +88,11 @@ class TrainRecord:
     stage: int = 0  # ECT's stage (0 for the other methods)
 
 
-def ema_decay_at(decay: float, step: int, batch_size: int, rampup: float = None) -> float:
+def ema_decay_at(decay: float, step: int, rampup: float = None) -> float:
     """The sampling EMA's decay after ``step`` steps: ``decay``, capped by EDM's ramp-up.
 
     EDM (Karras et al. 2022, training loop): half-life <= rampup * images seen, i.e.
-    beta = 0.5 ** (batch / (rampup * step * batch)) = 0.5 ** (1 / (rampup * step)).
+    beta = 0.5 ** (batch / (rampup * step * batch)) = 0.5 ** (1 / (rampup * step)): the batch size cancels.
     """
     if rampup is None:
         return decay
@@ -222,7 +222,7 @@ class Trainer:
         if self.target is not None:
             ema_update(self.target, self.model, mu)
         c = self.config
-        ema_update(self.ema, self.model, ema_decay_at(c.ema_decay, k + 1, c.batch_size, c.ema_rampup))
+        ema_update(self.ema, self.model, ema_decay_at(c.ema_decay, k + 1, c.ema_rampup))
         self.step += 1
         return TrainRecord(self.step, loss.item(), n_points, mu, lr, stage)
 

@@ -111,14 +111,14 @@ def test_students_start_from_the_teacher():
 
 
 def test_ema_rampup():
-    assert ema_decay_at(0.999, 10, 128, None) == 0.999
+    assert ema_decay_at(0.999, 10, None) == 0.999
     # EDM: half-life = rampup * images seen, in steps: rampup * step -> beta = 0.5 ** (1 / (rampup * step))
-    assert math.isclose(ema_decay_at(0.999, 100, 128, 0.05), 0.5 ** (1 / 5))
-    assert ema_decay_at(0.999, 10**6, 128, 0.05) == 0.999
+    assert math.isclose(ema_decay_at(0.999, 100, 0.05), 0.5 ** (1 / 5))
+    assert ema_decay_at(0.999, 10**6, 0.05) == 0.999
     # after 900 steps the initial weights keep a small share (not the 41% of a fixed 0.999)
     share = 1.0
     for k in range(1, 901):
-        share *= ema_decay_at(0.999, k, 128, 0.05)
+        share *= ema_decay_at(0.999, k, 0.05)
     assert share < 1e-6 and 0.999**900 > 0.4
 
 

@@ -36,12 +36,10 @@ TRAIN_KEYS = ("steps", "batch_size", "lr", "warmup", "cosine_decay", "ema_decay"
 def _resolve_train_options(args, saved):
     """Command-line value, else the resumed checkpoint's, else the default for this data."""
     kind = "image" if args.data in IMAGE_DATA else "toy"
-    defaults = dict(DEFAULTS[kind], seed=0, pad32=False, teacher=None, ema_rampup=None, from_scratch=False)
+    defaults = dict(dict(seed=0, pad32=False, teacher=None, ema_rampup=None, from_scratch=False), **DEFAULTS[kind])
     defaults.setdefault("steps", toy_config(args.method, "cpu").steps if args.method != "ect" else 3000)
     if args.method in TEACHER_METHODS:
         defaults.update(STUDENT_DEFAULTS.get(kind, {}))
-    if kind == "image":
-        defaults["ema_rampup"] = DEFAULTS[kind]["ema_rampup"]
     old = {}
     if saved is not None:
         old = {k: saved["config"].get(k) for k in TRAIN_KEYS}
