@@ -1,7 +1,8 @@
 """Benchmarks: ``python -m cmedu.bench toy --profile cpu --out DIR`` (the 2-D path) and
 ``python -m cmedu.bench unet`` (U-Net images/s per preset, see ``cmedu.bench_unet``).
 
-Trains CD, CT and iCT on the Gaussian mixture, then prints, for each method and number of
+Trains CD, CT, iCT and the continuous-time sCD, sCT (both from a pretrained 2-D diffusion model) and
+MeanFlow on the Gaussian mixture, then prints, for each method and number of
 function evaluations (NFE): the sliced Wasserstein distance and the energy distance (± s.e.)
 to fresh data, the consistency error against the exact flow map, and the wall time of
 drawing 10,000 samples; the exact teacher (Euler / Heun on the true denoiser) is listed at
@@ -16,7 +17,7 @@ import torch
 
 from . import metrics, sampling
 from .profiles import PROFILES
-from .recipes import toy_trainer
+from .recipes import toy_pretrained_denoiser, toy_trainer
 from .toy import make_dataset
 
 N_SAMPLES = 10_000
@@ -51,8 +52,9 @@ def run_toy(profile: str, out: str, seed: int = 0, nfes=(1, 2)):
     for nfe in (1, 2, 5, 35):
         xs, sec = _timed(lambda: sampling.teacher_sample(gmm.denoiser, x_T, nfe))
         record("teacher", nfe, xs, sec, float("nan"))
-    for method in ("cd", "ct", "ict"):
-        trainer = toy_trainer(method, profile, seed=seed)
+    pretrained = toy_pretrained_denoiser(profile, seed)  # sCD and sCT start from it, as sCM does
+    for method in ("cd", "ct", "ict", "scd", "sct", "meanflow"):
+        trainer = toy_trainer(method, profile, seed=seed, init=pretrained if method in ("scd", "sct") else None)
         t0 = time.perf_counter()
         trainer.fit()
         print(f"trained {method}: {trainer.step} steps in {time.perf_counter() - t0:.1f} s", flush=True)
@@ -60,8 +62,7 @@ def run_toy(profile: str, out: str, seed: int = 0, nfes=(1, 2)):
         cons = metrics.consistency_error(f, gmm, CONSISTENCY_TIMES, n=2000,
                                          generator=torch.Generator().manual_seed(seed)).mean().item()
         for nfe in nfes:
-            xs, sec = _timed(lambda: sampling.multistep_sample(
-                f, x_T, sampling.default_taus(nfe), generator=torch.Generator().manual_seed(seed)))
+            xs, sec = _timed(lambda: sampling.sample_from(f, x_T, nfe, generator=torch.Generator().manual_seed(seed)))
             record(method, nfe, xs, sec, cons)
     return rows
 

@@ -19,13 +19,14 @@ from pathlib import Path
 
 import torch
 
+from .continuous import MeanFlowModel, TrigFlowModel
 from .nets import MLP, UNet
 from .parameterization import ConsistencyModel, EDMDenoiser
 from .training import CHECKPOINT_FORMAT, save_atomic
 
 WEIGHTS_FORMAT = "cmedu-weights-v1"
 FORMATS = (CHECKPOINT_FORMAT, WEIGHTS_FORMAT)
-MODEL_CLASSES = {"EDMDenoiser": EDMDenoiser, "ConsistencyModel": ConsistencyModel}
+MODEL_CLASSES = {cls.__name__: cls for cls in (EDMDenoiser, ConsistencyModel, TrigFlowModel, MeanFlowModel)}
 IMAGE_DATA = ("mnist", "cifar10")
 REPO_CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
 
@@ -70,7 +71,8 @@ def load_checkpoint(path) -> dict:
 
 
 def load_model(path, weights: str = "ema", device="cpu"):
-    """The trained wrapper (EDMDenoiser or ConsistencyModel) of a checkpoint, in eval mode; and the checkpoint.
+    """The trained wrapper (EDMDenoiser, ConsistencyModel, TrigFlowModel or MeanFlowModel) of a checkpoint, in
+    eval mode; and the checkpoint.
 
     ``weights`` is 'ema' (the exponential moving average, used for sampling) or 'model'
     (the online weights; training checkpoints only). Exported float16 weights come back as float32.
@@ -126,7 +128,7 @@ def generate(model, state, n: int, nfe: int, seed: int = 0, device="cpu", batch_
     out = []
     for start in range(0, n, batch_size):
         shape = sample_shape(state, min(batch_size, n - start))
-        if isinstance(model, ConsistencyModel):
+        if not isinstance(model, EDMDenoiser):  # every other wrapper is a consistency function f(x, sigma)
             x = sample(model, shape, nfe, taus=taus, generator=gen, eps=cfg["eps"], T=cfg["T"], device=device)
         else:
             x = teacher_sample(model, prior_sample(shape, cfg["T"], gen, device), nfe, eps=cfg["eps"], T=cfg["T"])

@@ -1,7 +1,8 @@
 """Networks F(c_in x, c_noise) that the preconditioning wrappers turn into D or f.
 
 Every network here takes (x, c_noise) with c_noise of shape (batch,) and returns a tensor
-shaped like x.
+shaped like x. Built with ``time_inputs=k > 1`` (MeanFlow's two times r and t), c_noise has
+shape (batch, k) and each column gets its own sinusoidal features.
 """
 import math
 
@@ -9,10 +10,13 @@ import torch
 from torch import nn
 
 
+DEFAULT_MAX_FREQ = 16.0
+
+
 class FourierEmbedding(nn.Module):
     """Sinusoidal features of the scalar time input (EDM's positional embedding)."""
 
-    def __init__(self, dim: int = 64, max_freq: float = 16.0):
+    def __init__(self, dim: int = 64, max_freq: float = DEFAULT_MAX_FREQ):
         super().__init__()
         # Geometric frequencies 1 ... max_freq over c_noise = log(t)/4 (range about [-1.6, 1.1]):
         # high enough to tell noise levels apart, low enough to interpolate between the
@@ -21,19 +25,36 @@ class FourierEmbedding(nn.Module):
         self.register_buffer("freqs", torch.exp(math.log(max_freq) * torch.arange(half) / max(half - 1, 1)))
 
     def forward(self, c_noise: torch.Tensor) -> torch.Tensor:
-        angles = c_noise.float()[:, None] * self.freqs[None]
-        return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
+        """(batch,) -> (batch, dim); (batch, k) -> (batch, k * dim)."""
+        angles = c_noise.to(self.freqs.dtype)[..., None] * self.freqs
+        return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1).flatten(1)
+
+
+def _check_c_noise(c_noise, batch: int, time_inputs: int):
+    want = (batch,) if time_inputs == 1 else (batch, time_inputs)
+    if tuple(c_noise.shape) != want:
+        raise ValueError(f"c_noise must have shape {want} for a network with time_inputs={time_inputs}; "
+                         f"got {tuple(c_noise.shape)}")
+
+
+def _time_config(time_inputs: int, max_freq: float) -> dict:
+    """Only non-default time options are stored, so older checkpoints' configs still match."""
+    if time_inputs < 1 or max_freq <= 0:
+        raise ValueError(f"need time_inputs >= 1 and max_freq > 0; got {time_inputs}, {max_freq}")
+    cfg = {} if time_inputs == 1 else dict(time_inputs=time_inputs)
+    return cfg if max_freq == DEFAULT_MAX_FREQ else dict(cfg, max_freq=float(max_freq))
 
 
 class MLP(nn.Module):
     """Small residual MLP for d-dimensional points (2-D toy data)."""
 
-    def __init__(self, dim: int = 2, hidden: int = 256, depth: int = 4, emb_dim: int = 64):
+    def __init__(self, dim: int = 2, hidden: int = 256, depth: int = 4, emb_dim: int = 64, time_inputs: int = 1,
+                 max_freq: float = DEFAULT_MAX_FREQ):
         super().__init__()
-        self.dim = dim
-        self.config = dict(dim=dim, hidden=hidden, depth=depth, emb_dim=emb_dim)
-        self.embed = FourierEmbedding(emb_dim)
-        self.inp = nn.Linear(dim + emb_dim, hidden)
+        self.dim, self.time_inputs = dim, time_inputs
+        self.config = dict(dim=dim, hidden=hidden, depth=depth, emb_dim=emb_dim, **_time_config(time_inputs, max_freq))
+        self.embed = FourierEmbedding(emb_dim, max_freq)
+        self.inp = nn.Linear(dim + time_inputs * emb_dim, hidden)
         self.blocks = nn.ModuleList(
             nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden)) for _ in range(depth)
         )
@@ -42,6 +63,7 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"MLP expects x of shape (batch, {self.dim}); got {tuple(x.shape)}")
+        _check_c_noise(c_noise, x.shape[0], self.time_inputs)
         h = self.inp(torch.cat([x, self.embed(c_noise)], dim=1))
         for block in self.blocks:
             h = h + block(h)
@@ -55,11 +77,12 @@ MLP_PRESETS = {
 }
 
 
-def make_mlp(preset: str = "small", dim: int = 2) -> MLP:
-    """An MLP from a named preset: 'tiny', 'small' or 'base'."""
+def make_mlp(preset: str = "small", dim: int = 2, time_inputs: int = 1, max_freq: float = DEFAULT_MAX_FREQ) -> MLP:
+    """An MLP from a named preset: 'tiny', 'small' or 'base' (``time_inputs=2`` for MeanFlow's u(z, r, t);
+    a lower ``max_freq`` of the time embedding for the continuous-time methods, see ``training.net_options``)."""
     if preset not in MLP_PRESETS:
         raise ValueError(f"unknown MLP preset {preset!r}; allowed values: {', '.join(MLP_PRESETS)}")
-    return MLP(dim=dim, **MLP_PRESETS[preset])
+    return MLP(dim=dim, time_inputs=time_inputs, max_freq=max_freq, **MLP_PRESETS[preset])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,11 +168,12 @@ class UNet(nn.Module):
     """
 
     def __init__(self, in_ch: int = 1, base: int = 32, mults=(1, 2, 2), num_res: int = 1, attn_res=(8,),
-                 dropout: float = 0.1, img_size: int = 32):
+                 dropout: float = 0.1, img_size: int = 32, time_inputs: int = 1, max_freq: float = DEFAULT_MAX_FREQ):
         super().__init__()
         mults, attn_res = tuple(int(m) for m in mults), tuple(int(r) for r in attn_res)
         self.config = dict(in_ch=in_ch, base=base, mults=mults, num_res=num_res, attn_res=attn_res,
-                           dropout=dropout, img_size=img_size)
+                           dropout=dropout, img_size=img_size, **_time_config(time_inputs, max_freq))
+        self.time_inputs = time_inputs
         if not mults or num_res < 1 or base < 1 or in_ch < 1:
             raise ValueError(f"need in_ch, base, num_res >= 1 and at least one level; got {self.config}")
         down = 2 ** (len(mults) - 1)
@@ -166,8 +190,8 @@ class UNet(nn.Module):
         use_attn = [r in attn_res or _next_pow2(r) in attn_res for r in res]
 
         emb_dim = 4 * base
-        self.embed = FourierEmbedding(base)
-        self.emb_mlp = nn.Sequential(nn.Linear(base, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.embed = FourierEmbedding(base, max_freq)
+        self.emb_mlp = nn.Sequential(nn.Linear(time_inputs * base, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.inp = nn.Conv2d(in_ch, base, 3, padding=1)
 
         # Encoder: remember the channel count of every output that is passed to the decoder.
@@ -211,8 +235,7 @@ class UNet(nn.Module):
                 f"UNet expects x of shape (batch, {want[0]}, {want[1]}, {want[2]}); got {tuple(x.shape)}. "
                 f"It was built for in_ch={self.in_ch}, img_size={self.img_size}"
             )
-        if c_noise.ndim != 1 or c_noise.shape[0] != x.shape[0]:
-            raise ValueError(f"c_noise must have shape ({x.shape[0]},); got {tuple(c_noise.shape)}")
+        _check_c_noise(c_noise, x.shape[0], self.time_inputs)
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
         self._check(x, c_noise)
@@ -252,7 +275,8 @@ UNET_PRESETS = {
 }
 
 
-def make_unet(preset: str = "small", in_ch: int = 1, img_size: int = 32) -> UNet:
+def make_unet(preset: str = "small", in_ch: int = 1, img_size: int = 32, time_inputs: int = 1,
+              max_freq: float = DEFAULT_MAX_FREQ) -> UNet:
     """A U-Net from a named preset: 'fast' (0.7M parameters, the CPU preset), 'tiny' (1.2M), 'small' (4.7M)
     or 'base' (19M).
 
@@ -264,4 +288,4 @@ def make_unet(preset: str = "small", in_ch: int = 1, img_size: int = 32) -> UNet
         raise ValueError(f"unknown UNet preset {preset!r}; allowed values: {', '.join(UNET_PRESETS)}")
     cfg = dict(UNET_PRESETS[preset])
     cfg.setdefault("attn_res", (img_size // 2 ** (len(cfg["mults"]) - 1),))
-    return UNet(in_ch=in_ch, img_size=img_size, **cfg)
+    return UNet(in_ch=in_ch, img_size=img_size, time_inputs=time_inputs, max_freq=max_freq, **cfg)

@@ -2,6 +2,7 @@
 import torch
 
 from ._checks import check_taus
+from .continuous import MeanFlowModel, TrigFlowModel, meanflow_sample, trig_two_step_taus
 from .ode import euler_solve, heun_solve
 from .schedules import karras_sigmas
 
@@ -38,9 +39,25 @@ def default_taus(nfe: int, eps: float = 0.002, T: float = 80.0):
 
 @torch.no_grad()
 def sample(f, shape, nfe: int = 1, taus=None, generator=None, eps: float = 0.002, T: float = 80.0, device=None):
-    """Draw samples from a consistency model with ``nfe`` steps (taus from ``default_taus`` unless given)."""
-    taus = default_taus(nfe, eps, T) if taus is None else taus
-    x_T = prior_sample(shape, T, generator, device)
+    """Draw samples from a consistency model with ``nfe`` steps: ``sample_from`` on fresh x_T ~ N(0, T² I)."""
+    return sample_from(f, prior_sample(shape, T, generator, device), nfe, taus, generator, eps, T)
+
+
+@torch.no_grad()
+def sample_from(f, x_T: torch.Tensor, nfe: int = 1, taus=None, generator=None, eps: float = 0.002, T: float = 80.0):
+    """``nfe``-step samples from x_T with the sampler that belongs to the model.
+
+    A consistency function: Alg. 1 with ``taus`` (default ``default_taus``; for a ``TrigFlowModel`` at two steps,
+    sCM's t_mid = 1.1). A ``MeanFlowModel``: MeanFlow's own sampler from the noise x_T / T at t = 1, in ``nfe``
+    equal steps of its time (``taus`` do not apply).
+    """
+    if isinstance(f, MeanFlowModel):
+        if taus:
+            raise ValueError("a MeanFlowModel samples on its own even time grid; pass taus=None")
+        return meanflow_sample(f, x_T / T, nfe)
+    if taus is None:
+        two_step_trig = isinstance(f, TrigFlowModel) and nfe == 2
+        taus = trig_two_step_taus(f.sigma_data) if two_step_trig else default_taus(nfe, eps, T)
     return multistep_sample(f, x_T, taus, eps, generator, T)
 
 

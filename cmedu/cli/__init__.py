@@ -67,28 +67,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="edm: denoiser D(x,t) (the teacher for CD, sampled by the PF-ODE); cd: consistency "
                         "distillation from a teacher; ct: consistency training (no teacher, CM curriculum); "
                         "ict: improved consistency training (pseudo-Huber loss, lognormal noise, doubling curriculum); "
-                        "ect: easy consistency tuning from a teacher's weights (r(t) mapping, stages over the run)")
+                        "ect: easy consistency tuning from a teacher's weights (r(t) mapping, stages over the run); "
+                        "scd / sct: continuous-time sCM (TrigFlow) distilled from a teacher / trained without one; "
+                        "meanflow: MeanFlow's average velocity u(z, r, t) (no teacher)")
     t.add_argument("--out", required=True, help="run folder; holds checkpoint.pt, which is resumed when present")
     t.add_argument("--steps", type=int, default=None,
                    help="total optimizer steps, counted from the start of the run (not additional ones). Default: "
-                        "2-D edm/cd 3000, ct/ict 6000; mnist 20000. The CT/iCT curricula and --cosine-decay are "
+                        "2-D: the notebooks' recipe per method; images 20000 (or planned from --minutes). The CT/iCT curricula and --cosine-decay are "
                         "stretched over this number, so choose it up front; raising it on resume stretches the rest")
-    t.add_argument("--batch-size", type=int, default=None, help="examples per step (default: 2-D 512, mnist 128)")
-    t.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: 2-D 1e-3, mnist 2e-4)")
+    t.add_argument("--batch-size", type=int, default=None, help="examples per step (default: 2-D 512, images 128)")
+    t.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: 2-D 1e-3; images 5e-4, students that start "
+                        "from a teacher 1e-4)")
     t.add_argument("--warmup", type=int, default=None,
-                   help="steps of linear learning-rate warm-up (default: 2-D 100, mnist 1000)")
+                   help="steps of linear learning-rate warm-up (default: 2-D 100; images 200, students 0)")
     t.add_argument("--cosine-decay", action=argparse.BooleanOptionalAction, default=None,
-                   help="anneal the learning rate to 0 over --steps (default: on for 2-D, off for mnist)")
+                   help="anneal the learning rate to 0 over --steps (default: on)")
     t.add_argument("--ema-decay", type=float, default=None,
-                   help="decay of the weight EMA used for sampling (default: 2-D 0.995, mnist 0.999)")
+                   help="decay of the weight EMA used for sampling (default: 2-D 0.995; images 0.999 "
+                        "with --ema-rampup 0.05)")
     t.add_argument("--preset", choices=PRESETS, default=None,
-                   help="network size. mnist U-Net: fast (0.7M parameters, the CPU preset; default for mnist), tiny "
+                   help="network size. image U-Net: fast (0.7M parameters, the CPU preset; default for images), tiny "
                         "1.2M, small 4.7M (the GPU preset), base 19M; 2-D MLP: tiny, small, base = hidden 64/128/256, "
                         "2/3/4 blocks (default small)")
     t.add_argument("--teacher", default=None,
-                   help="for --method cd and ect: an EDM checkpoint (from `train --method edm`) on the same data "
+                   help="for --method cd, scd and ect: an EDM checkpoint (from `train --method edm`) on the same data "
                         "whose EMA weights are the teacher; the student starts from its weights (unless --from-scratch). "
-                        "Without it, cd works only on gmm (exact denoiser)")
+                        "Without it, cd and scd work only on gmm (exact denoiser)")
     t.add_argument("--seed", type=int, default=None, help="seed of initialisation, batches and noise (default 0)")
     t.add_argument("--pad32", action="store_true", default=None,
                    help="mnist only: pad images to 32x32 (the U-Net then works at 32, 16, 8 instead of 28, 14, 7)")

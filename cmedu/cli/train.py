@@ -10,12 +10,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoints import IMAGE_DATA, data_of, load_checkpoint, load_model
+from ..checkpoints import IMAGE_DATA, build_net, data_of, load_checkpoint, load_model
 from ..nets import MLP_PRESETS, UNET_PRESETS, make_mlp, make_unet
-from ..parameterization import ConsistencyModel, EDMDenoiser
 from ..profiles import progress_disabled
 from ..recipes import toy_config
-from ..training import TEACHER_METHODS, TrainConfig, Trainer
+from ..training import DISTILLATION_METHODS, TEACHER_METHODS, TrainConfig, Trainer, model_class, net_options
 from .common import TOY_DATA, seed_global, setup
 
 PRESETS = tuple(UNET_PRESETS)  # the MLP has tiny/small/base; 'fast' is a U-Net preset only
@@ -87,18 +86,12 @@ def cmd_train(args):
 
         data = load_images(args.data, args.data_root, train=True, pad_to_32=o["pad32"])
         img_size = data.shape[-1]
-        net = make_unet(o["preset"], in_ch=data.shape[1], img_size=img_size)
         if device.type == "cuda":
             data = data.to(device)  # 50-60k small images fit easily; saves a copy per step
     else:
         from ..toy import make_dataset
 
         data, img_size = make_dataset(args.data), None
-        net = make_mlp(o["preset"], dim=2)
-    wrapper = EDMDenoiser if args.method == "edm" else ConsistencyModel
-    model = wrapper(net).to(device)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
 
     teacher = None
     if args.method == "ect" and o["teacher"]:
@@ -106,7 +99,7 @@ def cmd_train(args):
     elif args.method == "ect" and args.data in IMAGE_DATA and not o["from_scratch"]:
         raise ValueError("--method ect on images starts from a teacher: pass --teacher CKPT (an EDM checkpoint "
                          "trained with `--method edm`), or --from-scratch to train without one")
-    if args.method == "cd":
+    if args.method in DISTILLATION_METHODS:
         if o["teacher"]:
             teacher = _load_teacher(o["teacher"], args.data, img_size, device)
         elif hasattr(data, "denoiser"):
@@ -115,9 +108,19 @@ def cmd_train(args):
                 exact = teacher
                 teacher = lambda x, t: exact(x.cpu(), t.cpu() if torch.is_tensor(t) else t).to(x)  # noqa: E731
         else:
-            raise ValueError(f"--method cd on {args.data!r} needs --teacher CKPT, an EDM checkpoint trained with "
-                             f"`python -m cmedu train --data {args.data} --method edm --out DIR`; only 'gmm' has an "
+            raise ValueError(f"--method {args.method} on {args.data!r} needs --teacher CKPT, an EDM checkpoint trained "
+                             f"with `python -m cmedu train --data {args.data} --method edm --out DIR`; only 'gmm' has an "
                              "exact denoiser")
+
+    if hasattr(teacher, "net") and not o["from_scratch"]:
+        net = build_net(teacher.net.config)  # a student that starts from the teacher has the teacher's network
+    elif args.data in IMAGE_DATA:
+        net = make_unet(o["preset"], in_ch=data.shape[1], img_size=img_size, **net_options(args.method))
+    else:
+        net = make_mlp(o["preset"], dim=2, **net_options(args.method))
+    model = model_class(args.method)(net).to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
 
     # 2-D runs start from the notebooks' recipe (curriculum settings included), images from the paper defaults.
     base = toy_config(args.method, "cpu") if args.data in TOY_DATA else TrainConfig(method=args.method)
