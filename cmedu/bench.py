@@ -1,8 +1,8 @@
 """Benchmarks: ``python -m cmedu.bench toy --profile cpu --out DIR`` (the 2-D path) and
 ``python -m cmedu.bench unet`` (U-Net images/s per preset, see ``cmedu.bench_unet``).
 
-Trains CD, CT, iCT and the continuous-time sCD, sCT (both from a pretrained 2-D diffusion model) and
-MeanFlow on the Gaussian mixture, then prints, for each method and number of
+Trains CD, CT, iCT and the continuous-time sCD (from a pretrained 2-D diffusion model), sCT and MeanFlow on
+the Gaussian mixture, then prints, for each method and number of
 function evaluations (NFE): the sliced Wasserstein distance and the energy distance (± s.e.)
 to fresh data, the consistency error against the exact flow map, and the wall time of
 drawing 10,000 samples; the exact teacher (Euler / Heun on the true denoiser) is listed at
@@ -52,9 +52,9 @@ def run_toy(profile: str, out: str, seed: int = 0, nfes=(1, 2)):
     for nfe in (1, 2, 5, 35):
         xs, sec = _timed(lambda: sampling.teacher_sample(gmm.denoiser, x_T, nfe))
         record("teacher", nfe, xs, sec, float("nan"))
-    pretrained = toy_pretrained_denoiser(profile, seed)  # sCD and sCT start from it, as sCM does
+    pretrained = toy_pretrained_denoiser(profile, seed)  # sCD starts from it, as sCM does
     for method in ("cd", "ct", "ict", "scd", "sct", "meanflow"):
-        trainer = toy_trainer(method, profile, seed=seed, init=pretrained if method in ("scd", "sct") else None)
+        trainer = toy_trainer(method, profile, seed=seed, init=pretrained if method == "scd" else None)
         t0 = time.perf_counter()
         trainer.fit()
         print(f"trained {method}: {trainer.step} steps in {time.perf_counter() - t0:.1f} s", flush=True)

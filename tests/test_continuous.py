@@ -236,3 +236,25 @@ def test_time_options_are_stored_only_when_not_default():
     assert build_net(net.config).config == net.config
     with pytest.raises(ValueError, match="max_freq > 0"):
         make_mlp("tiny", max_freq=0)
+
+
+def test_toy_trainer_from_a_pretrained_model_trains_its_copy():
+    from cmedu.recipes import toy_pretrained_denoiser
+
+    pre = toy_pretrained_denoiser("smoke")
+    assert pre.net.config["max_freq"] == 2.0
+    before = [p.detach().clone() for p in pre.net.parameters()]
+    tr = toy_trainer("sct", "smoke", init=pre, steps=5)
+    with torch.no_grad():
+        x = torch.randn(8, 2)
+        assert torch.allclose(tr.model.trig(x, torch.full((8,), 0.7)),  # f at step 0 is the pretrained denoiser
+                              pre(*continuous_to_edm(x, 0.7)), atol=1e-5)
+    tr.fit()
+    assert all(p.requires_grad for p in tr.model.net.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, tr.model.net.parameters()))   # the copy trained
+    assert all(torch.equal(a, b) for a, b in zip(before, pre.net.parameters()))            # the original did not
+
+
+def continuous_to_edm(x_t, t):
+    x, sigma = trig_to_edm(x_t, torch.full((x_t.shape[0],), t))
+    return x, sigma

@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     e.add_argument("--fid-stats", default=None,
                    help="cifar10: an .npz file caching the test set's Inception statistics (computed once)")
+    e.add_argument("--n-ref", type=int, default=None,
+                   help="cifar10: compare with this many random test images instead of all 10,000 (the Inception "
+                        "network runs at a few images/s per CPU thread); printed beside every FID")
     _data_root(e)
     _common(e, sampling=True)
 
