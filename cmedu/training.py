@@ -89,9 +89,10 @@ class TrainConfig:
     ect_p_mean: float = -1.1
     ect_p_std: float = 2.0
     # sCM (Lu & Song 2024): proposal of log sigma, tangent warm-up over this fraction of the run (0: off),
-    # tangent normalisation constant c (None: off), learned adaptive weight w(t).
+    # tangent normalisation constant c at D = 3072 values, scaled by sqrt(D / 3072) (None: off), learned
+    # adaptive weight w(t). See continuous.scm_loss for why P_std is 2.0 rather than the paper's 1.4.
     scm_p_mean: float = -1.0
-    scm_p_std: float = 1.4
+    scm_p_std: float = 2.0
     tangent_warmup: float = 0.1
     tangent_norm: float = 0.1
     adaptive_weight: bool = True
