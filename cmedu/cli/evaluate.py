@@ -93,10 +93,11 @@ def make_scorer(data: str, args, device, results: dict):
         from ..fid import fid_from_stats, fid_stats
 
         source, test = cifar10_source(args.data_root, train=False), load_cifar10(args.data_root, train=False)[0]
-        if args.n_ref is not None and args.n_ref < len(test):  # the stand-in is in class order: a random subset
+        subset = args.n_ref is not None and args.n_ref < len(test)
+        if subset:  # the stand-in is stored in class order: a random subset (fixed seed)
             test = test[torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:args.n_ref]]
         ref = fid_stats(test, device=device, cache=args.fid_stats)
-        results["reference"] = f"{len(test):,} test images of {source.label}"
+        results["reference"] = f"{len(test):,} {'random ' if subset else ''}test images of {source.label}"
         print(f"FID (TF-Inception) against the {results['reference']}")
 
         def score(x):
