@@ -1,4 +1,4 @@
-"""Loading trained models: training checkpoints (``Trainer.save``) and exported float16 weights.
+"""Checkpoint files: their formats, atomic writes, and loading trained models from them.
 
 Two file formats, both read by ``load_model``:
 
@@ -14,6 +14,7 @@ A file that is truncated, not a checkpoint at all, or from another model gives a
 import io
 import os
 import pickle
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -22,8 +23,8 @@ import torch
 from .continuous import MeanFlowModel, TrigFlowModel
 from .nets import MLP, UNet
 from .parameterization import ConsistencyModel, EDMDenoiser
-from .training import CHECKPOINT_FORMAT, save_atomic
 
+CHECKPOINT_FORMAT = "cmedu-trainer-v1"
 WEIGHTS_FORMAT = "cmedu-weights-v1"
 FORMATS = (CHECKPOINT_FORMAT, WEIGHTS_FORMAT)
 MODEL_CLASSES = {cls.__name__: cls for cls in (EDMDenoiser, ConsistencyModel, TrigFlowModel, MeanFlowModel)}
@@ -159,5 +160,39 @@ def export_weights(state: dict, path, taus: dict = None, **record):
     return out
 
 
+def check_checkpoint_format(state, source: str = "checkpoint"):
+    """Raise a ValueError unless ``state`` is a dict written by ``Trainer.save``."""
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{source} is not a cmedu training checkpoint (expected a file written by Trainer.save)")
+
+
+def check_checkpoint(state, model, method=None):
+    """Raise a ValueError when ``state`` was not saved by a Trainer of this model (and method)."""
+    check_checkpoint_format(state)
+    if state["model_class"] != type(model).__name__ or state["net_config"] != getattr(model.net, "config", None):
+        raise ValueError(
+            f"checkpoint is from another model: {state['model_class']} with net config {state['net_config']}, "
+            f"but this model is {type(model).__name__} with {getattr(model.net, 'config', None)}"
+        )
+    if method is not None and state["config"]["method"] != method:
+        raise ValueError(f"checkpoint was trained with method {state['config']['method']!r}, not {method!r}")
+
+
+def save_atomic(obj, path: str):
+    """torch.save to a temporary file in the same folder, then rename: never a half-written file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 __all__ = ["build_net", "load_checkpoint", "load_model", "data_of", "sample_shape", "default_nfe", "stored_taus",
-           "generate", "export_weights", "WEIGHTS_FORMAT"]
+           "generate", "export_weights", "WEIGHTS_FORMAT", "CHECKPOINT_FORMAT",
+           "check_checkpoint_format", "check_checkpoint", "save_atomic"]

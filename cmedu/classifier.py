@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .data import load_mnist
 from .profiles import progress_disabled
-from .training import save_atomic
+from .checkpoints import save_atomic
 
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "checkpoints" / "mnist_classifier.pt"
 FORMAT = "cmedu-mnist-classifier-v1"

@@ -79,7 +79,7 @@ MLP_PRESETS = {
 
 def make_mlp(preset: str = "small", dim: int = 2, time_inputs: int = 1, max_freq: float = DEFAULT_MAX_FREQ) -> MLP:
     """An MLP from a named preset: 'tiny', 'small' or 'base' (``time_inputs=2`` for MeanFlow's u(z, r, t);
-    a lower ``max_freq`` of the time embedding for the continuous-time methods, see ``training.net_options``)."""
+    a lower ``max_freq`` of the time embedding for the continuous-time methods, see ``methods.net_options``)."""
     if preset not in MLP_PRESETS:
         raise ValueError(f"unknown MLP preset {preset!r}; allowed values: {', '.join(MLP_PRESETS)}")
     return MLP(dim=dim, time_inputs=time_inputs, max_freq=max_freq, **MLP_PRESETS[preset])

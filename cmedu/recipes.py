@@ -6,7 +6,8 @@ import torch
 from .nets import make_mlp
 from .profiles import get_profile, profile_value
 from .toy import make_dataset
-from .training import CONTINUOUS_MAX_FREQ, TrainConfig, Trainer, model_class, net_options
+from .methods import CONTINUOUS_MAX_FREQ, model_class, net_options
+from .training import TrainConfig, Trainer
 
 CONTINUOUS_METHODS = ("scd", "sct", "meanflow")
 
@@ -36,7 +37,7 @@ def toy_trainer(method: str, profile: str = None, dataset: str = "gmm", preset: 
 
     ``init``: a trained model whose network the new one starts from (a copy; e.g. a diffusion model
     pretrained on the same data, as sCM and ECT start); ``net_kw``: options for ``make_mlp`` on top of the
-    method's own (``training.net_options``).
+    method's own (``methods.net_options``).
     """
     data = make_dataset(dataset)
     with torch.random.fork_rng():  # seeded initialisation without touching the caller's RNG

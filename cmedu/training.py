@@ -12,7 +12,6 @@ schedule (learning rate, EMA ramp-up, the CT/iCT curricula, ECT's stages) runs i
 import copy
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -20,39 +19,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ._checks import check_choice
-from .continuous import MeanFlowModel, TrigFlowModel, meanflow_loss, scm_loss
+from .checkpoints import CHECKPOINT_FORMAT, check_checkpoint, save_atomic
+from .continuous import meanflow_loss, scm_loss
 from .losses import cd_loss, ct_loss, ect_loss, edm_loss
-from .parameterization import ConsistencyModel, EDMDenoiser
+from .methods import DISTILLATION_METHODS, METHODS, TEACHER_METHODS, copy_teacher_weights
 from .profiles import progress_disabled
 from .schedules import cm_ema_decay, cm_num_steps, ict_num_steps, karras_sigmas, lognormal_step_probs
-
-METHODS = ("edm", "cd", "ct", "ict", "ect", "scd", "sct", "meanflow")
-TEACHER_METHODS = ("cd", "ect", "scd")  # methods whose student starts from a teacher's weights
-DISTILLATION_METHODS = ("cd", "scd")  # methods that need a teacher denoiser every step
-CHECKPOINT_FORMAT = "cmedu-trainer-v1"
-
-
-def model_class(method: str):
-    """The wrapper that turns a network into the model ``method`` trains."""
-    check_choice("method", method, METHODS)
-    return {"edm": EDMDenoiser, "scd": TrigFlowModel, "sct": TrigFlowModel, "meanflow": MeanFlowModel}.get(
-        method, ConsistencyModel)
-
-
-CONTINUOUS_MAX_FREQ = 2.0
-
-
-def net_options(method: str) -> dict:
-    """Network options a method needs, for ``make_mlp`` / ``make_unet``: MeanFlow's u(z, r, t) has two time
-    inputs, and the continuous-time methods a time embedding of low frequencies (at most
-    ``CONTINUOUS_MAX_FREQ`` instead of 16). Their loss differentiates the network in t, and high
-    time frequencies make that tangent large and noisy (Lu & Song 2024, Sec. 4.1, say the same of
-    the Fourier scale); on the 2-D mixture, sCD's one-step error after 2,000 steps drops ~10x with it.
-    """
-    check_choice("method", method, METHODS)
-    if method == "meanflow":
-        return dict(time_inputs=2, max_freq=CONTINUOUS_MAX_FREQ)
-    return dict(max_freq=CONTINUOUS_MAX_FREQ) if method in ("scd", "sct") else {}
 
 
 @dataclass
@@ -137,18 +109,6 @@ def ema_decay_at(decay: float, step: int, rampup: float = None) -> float:
     if rampup is None:
         return decay
     return min(decay, 0.5 ** (1.0 / max(rampup * step, 1e-8)))
-
-
-def copy_teacher_weights(student: torch.nn.Module, teacher: torch.nn.Module):
-    """Load the teacher's network F into the student's (CM paper, Sec. 6: students start from the teacher).
-
-    Both must wrap a network of the same configuration in ``.net``.
-    """
-    s_cfg, t_cfg = getattr(student.net, "config", None), getattr(teacher.net, "config", None)
-    if s_cfg != t_cfg:
-        raise ValueError(f"cannot start the student from the teacher: the teacher's network is {t_cfg}, "
-                         f"the student's {s_cfg}; use the teacher's preset for the student")
-    student.net.load_state_dict(teacher.net.state_dict())
 
 
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float):
@@ -364,38 +324,3 @@ class Trainer:
             return False
         self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
         return True
-
-
-def check_checkpoint_format(state, source: str = "checkpoint"):
-    """Raise a ValueError unless ``state`` is a dict written by ``Trainer.save``."""
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{source} is not a cmedu training checkpoint (expected a file written by Trainer.save)")
-
-
-def check_checkpoint(state, model, method=None):
-    """Raise a ValueError when ``state`` was not saved by a Trainer of this model (and method)."""
-    check_checkpoint_format(state)
-    if state["model_class"] != type(model).__name__ or state["net_config"] != getattr(model.net, "config", None):
-        raise ValueError(
-            f"checkpoint is from another model: {state['model_class']} with net config {state['net_config']}, "
-            f"but this model is {type(model).__name__} with {getattr(model.net, 'config', None)}"
-        )
-    if method is not None and state["config"]["method"] != method:
-        raise ValueError(f"checkpoint was trained with method {state['config']['method']!r}, not {method!r}")
-
-
-def save_atomic(obj, path: str):
-    """torch.save to a temporary file in the same folder, then rename: never a half-written file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-

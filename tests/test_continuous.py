@@ -14,7 +14,8 @@ from cmedu.ode import drift
 from cmedu.parameterization import ConsistencyModel, EDMDenoiser
 from cmedu.recipes import toy_trainer
 from cmedu.toy import GaussianMixture, ring_mixture
-from cmedu.training import Trainer, TrainConfig, model_class
+from cmedu.methods import model_class
+from cmedu.training import Trainer, TrainConfig
 
 EPS = 0.002
 

@@ -11,7 +11,8 @@ from cmedu.losses import ect_loss, ect_r
 from cmedu.nets import UNet, make_mlp
 from cmedu.parameterization import ConsistencyModel, EDMDenoiser
 from cmedu.toy import make_dataset
-from cmedu.training import TrainConfig, Trainer, copy_teacher_weights, ema_decay_at
+from cmedu.methods import copy_teacher_weights
+from cmedu.training import TrainConfig, Trainer, ema_decay_at
 
 
 def test_ect_r_against_hand_computation():

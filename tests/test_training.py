@@ -7,7 +7,8 @@ import torch
 from cmedu.nets import make_mlp
 from cmedu.parameterization import ConsistencyModel, EDMDenoiser
 from cmedu.toy import make_dataset
-from cmedu.training import TrainConfig, Trainer, TrainRecord, check_checkpoint, ema_update, save_atomic
+from cmedu.checkpoints import check_checkpoint, save_atomic
+from cmedu.training import TrainConfig, Trainer, TrainRecord, ema_update
 
 
 def build(method, preset="tiny", seed=0, data=None, **cfg):

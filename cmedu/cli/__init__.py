@@ -14,7 +14,7 @@ import sys
 import numpy as np
 
 from ..checkpoints import build_net, generate, load_checkpoint, load_model
-from ..training import METHODS
+from ..methods import METHODS
 from .common import DATA
 from .evaluate import cmd_eval, cmd_sample, cmd_train_classifier, save_samples
 from .export import add_parser as add_export_parser

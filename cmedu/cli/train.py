@@ -14,7 +14,8 @@ from ..checkpoints import IMAGE_DATA, build_net, data_of, load_checkpoint, load_
 from ..nets import MLP_PRESETS, UNET_PRESETS, make_mlp, make_unet
 from ..profiles import progress_disabled
 from ..recipes import toy_config
-from ..training import DISTILLATION_METHODS, TEACHER_METHODS, TrainConfig, Trainer, model_class, net_options
+from ..methods import DISTILLATION_METHODS, TEACHER_METHODS, model_class, net_options
+from ..training import TrainConfig, Trainer
 from .common import TOY_DATA, seed_global, setup
 
 PRESETS = tuple(UNET_PRESETS)  # the MLP has tiny/small/base; 'fast' is a U-Net preset only
