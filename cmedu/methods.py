@@ -13,14 +13,17 @@ from .parameterization import ConsistencyModel, EDMDenoiser
 METHODS = ("edm", "cd", "ct", "ict", "ect", "scd", "sct", "meanflow")
 TEACHER_METHODS = ("cd", "ect", "scd")  # methods whose student starts from a teacher's weights
 DISTILLATION_METHODS = ("cd", "scd")  # methods that need a teacher denoiser every step
+SCM_METHODS = ("scd", "sct")  # sCM in the TrigFlow parameterisation
+CONTINUOUS_METHODS = SCM_METHODS + ("meanflow",)  # losses built on the tangent (a JVP of the network)
 CONTINUOUS_MAX_FREQ = 2.0
 
 
 def model_class(method: str):
     """The wrapper that turns a network into the model ``method`` trains."""
     check_choice("method", method, METHODS)
-    return {"edm": EDMDenoiser, "scd": TrigFlowModel, "sct": TrigFlowModel, "meanflow": MeanFlowModel}.get(
-        method, ConsistencyModel)
+    if method in SCM_METHODS:
+        return TrigFlowModel
+    return {"edm": EDMDenoiser, "meanflow": MeanFlowModel}.get(method, ConsistencyModel)
 
 
 def net_options(method: str) -> dict:
@@ -31,9 +34,9 @@ def net_options(method: str) -> dict:
     the Fourier scale); on the 2-D mixture, sCD's one-step error after 2,000 steps drops ~10x with it.
     """
     check_choice("method", method, METHODS)
-    if method == "meanflow":
-        return dict(time_inputs=2, max_freq=CONTINUOUS_MAX_FREQ)
-    return dict(max_freq=CONTINUOUS_MAX_FREQ) if method in ("scd", "sct") else {}
+    if method not in CONTINUOUS_METHODS:
+        return {}
+    return dict(max_freq=CONTINUOUS_MAX_FREQ, **({"time_inputs": 2} if method == "meanflow" else {}))
 
 
 def copy_teacher_weights(student: nn.Module, teacher: nn.Module):

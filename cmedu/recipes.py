@@ -6,10 +6,8 @@ import torch
 from .nets import make_mlp
 from .profiles import get_profile, profile_value
 from .toy import make_dataset
-from .methods import CONTINUOUS_MAX_FREQ, model_class, net_options
+from .methods import CONTINUOUS_MAX_FREQ, CONTINUOUS_METHODS, model_class, net_options
 from .training import TrainConfig, Trainer
-
-CONTINUOUS_METHODS = ("scd", "sct", "meanflow")
 
 
 def toy_config(method: str, profile: str = None, **overrides) -> TrainConfig:

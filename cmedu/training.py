@@ -22,7 +22,7 @@ from ._checks import check_choice
 from .checkpoints import CHECKPOINT_FORMAT, check_checkpoint, save_atomic
 from .continuous import meanflow_loss, scm_loss
 from .losses import cd_loss, ct_loss, ect_loss, edm_loss
-from .methods import DISTILLATION_METHODS, METHODS, TEACHER_METHODS, copy_teacher_weights
+from .methods import DISTILLATION_METHODS, METHODS, SCM_METHODS, TEACHER_METHODS, copy_teacher_weights
 from .profiles import progress_disabled
 from .schedules import cm_ema_decay, cm_num_steps, ict_num_steps, karras_sigmas, lognormal_step_probs
 
@@ -197,8 +197,8 @@ class Trainer:
             return edm_loss(self.model, x0, self.generator, c.sigma_data, eps=c.eps, T=c.T)
         if c.method == "ect":
             return ect_loss(self.model, x0, stage, self.generator, c.ect_q, c.ect_k, c.ect_b, c.ect_p_mean, c.ect_p_std)
-        if c.method in ("scd", "sct"):
-            return scm_loss(self.model, x0, self.generator, self.teacher if c.method == "scd" else None,
+        if c.method in SCM_METHODS:
+            return scm_loss(self.model, x0, self.generator, self.teacher if c.method in DISTILLATION_METHODS else None,
                             self.tangent_warmup_at(self.step), c.scm_p_mean, c.scm_p_std, c.tangent_norm,
                             c.adaptive_weight)
         if c.method == "meanflow":

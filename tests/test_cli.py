@@ -124,6 +124,15 @@ def test_cd_teachers(capsys, tmp_path, gmm_ct):
                      "--teacher", teacher, *TOY)
     assert rc == 0, err
     assert load_checkpoint(tmp_path / "m")["config"]["extra"]["teacher"] == str(teacher)
+    # sCD from the same teacher: the student is built with the teacher's network, and another --preset is refused
+    rc, _, err = run(capsys, "train", "--data", "moons", "--method", "scd", "--out", tmp_path / "s", "--steps", 2,
+                     "--teacher", teacher, *TOY)
+    saved = load_checkpoint(tmp_path / "s")
+    assert rc == 0, err
+    assert saved["net_config"] == load_checkpoint(teacher)["net_config"] and saved["config"]["extra"]["preset"] == "tiny"
+    rc, _, err = run(capsys, "train", "--data", "moons", "--method", "scd", "--out", tmp_path / "s2", "--steps", 2,
+                     "--teacher", teacher, *TOY, "--preset", "small")
+    assert rc == 2 and "differs from the teacher's 'tiny'" in err
     # a consistency model is no teacher; nor is a model of other data
     rc, _, err = run(capsys, "train", "--data", "gmm", "--method", "cd", "--out", tmp_path / "x", "--steps", 3,
                      "--teacher", gmm_ct / "checkpoint.pt", *TOY)

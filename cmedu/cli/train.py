@@ -52,7 +52,9 @@ def _resolve_train_options(args, saved):
     return opts
 
 
-def _load_teacher(path, data, img_size, device):
+def _load_teacher(path, data, img_size, device, preset=None):
+    """The teacher's EDM denoiser and its network preset; ``preset``, when given, must be the teacher's
+    (a student that starts from the teacher is built with the teacher's network)."""
     teacher, state = load_model(path, "ema", device)
     if state["model_class"] != "EDMDenoiser":
         raise ValueError(f"--teacher {path} is a {state['model_class']} checkpoint; CD needs an EDM denoiser "
@@ -60,7 +62,11 @@ def _load_teacher(path, data, img_size, device):
     if data_of(state) != data or state["net_config"].get("img_size") != img_size:
         raise ValueError(f"--teacher {path} was trained on {data_of(state)} "
                          f"(net config {state['net_config']}), not on this run's {data} data")
-    return teacher
+    teacher_preset = state["config"].get("extra", {}).get("preset")
+    if preset is not None and teacher_preset is not None and preset != teacher_preset:
+        raise ValueError(f"--preset {preset} differs from the teacher's '{teacher_preset}': a student that starts from "
+                         f"the teacher has its network; leave out --preset, or pass --from-scratch")
+    return teacher, teacher_preset
 
 
 def describe_machine(device) -> str:
@@ -95,15 +101,16 @@ def cmd_train(args):
         data, img_size = make_dataset(args.data), None
 
     teacher = None
-    if args.method == "ect" and o["teacher"]:
-        teacher = _load_teacher(o["teacher"], args.data, img_size, device)  # only its weights are used
+    if o["teacher"] and args.method in TEACHER_METHODS:  # ECT uses only its weights, CD and sCD its denoiser too
+        teacher, teacher_preset = _load_teacher(o["teacher"], args.data, img_size, device,
+                                                None if o["from_scratch"] else args.preset)
+        if teacher_preset is not None and not o["from_scratch"]:
+            o["preset"] = teacher_preset  # recorded with the run: the student is built with the teacher's network
     elif args.method == "ect" and args.data in IMAGE_DATA and not o["from_scratch"]:
         raise ValueError("--method ect on images starts from a teacher: pass --teacher CKPT (an EDM checkpoint "
                          "trained with `--method edm`), or --from-scratch to train without one")
-    if args.method in DISTILLATION_METHODS:
-        if o["teacher"]:
-            teacher = _load_teacher(o["teacher"], args.data, img_size, device)
-        elif hasattr(data, "denoiser"):
+    if args.method in DISTILLATION_METHODS and teacher is None:
+        if hasattr(data, "denoiser"):
             teacher = data.denoiser  # the exact E[x0 | xt] of the Gaussian mixture (its tensors live on the CPU)
             if device.type != "cpu":
                 exact = teacher
