@@ -66,7 +66,7 @@ def _channel_transform(Q: torch.Tensor):
 
 @torch.no_grad()
 def iterative_edit(f, y: torch.Tensor, known, taus=EDIT_TAUS, transform=None, eps: float = 0.002, T: float = 80.0,
-                   generator=None, x_T: torch.Tensor = None, return_all: bool = False):
+                   generator=None, x_T: torch.Tensor = None, return_all: bool = False, repeats: int = 1):
     """Alg. 4: multistep consistency sampling (Alg. 1) with a projection onto {x : known part of A x = A y}.
 
     Operator convention. ``transform`` is
@@ -77,11 +77,20 @@ def iterative_edit(f, y: torch.Tensor, known, taus=EDIT_TAUS, transform=None, ep
     ``known`` is 1 - Ω of Alg. 4, a binary tensor in A's space: 1 = take from A y, 0 = generate.
     Only the known part of y matters (Alg. 4, line 2 zeroes the rest).
 
-    Starts at x_T = y' + T z (y' = the zeroed reference) unless ``x_T`` is given; NFE = 1 + len(taus).
+    ``repeats`` runs every level that many times (re-noise, jump, project), RePaint's resampling
+    (Lugmayr et al. 2022): more of the Langevin-like steps at the levels where the content is decided,
+    so the generated part agrees better with the kept part. An integer applies to every level, a
+    sequence gives one count per level. NFE = 1 + the sum of the repeats over the levels.
+
+    Starts at x_T = y' + T z (y' = the zeroed reference) unless ``x_T`` is given.
     The projection is a select, not a blend, so kept coordinates are copied bit for bit when
     A is the identity. With ``return_all`` returns the projected sample after every step.
     """
     taus = check_taus(taus, eps, T)
+    reps = [repeats] * len(taus) if isinstance(repeats, (int, float)) else list(repeats)
+    if len(reps) != len(taus) or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in reps):
+        raise ValueError(f"repeats must be an integer >= 1, or one such integer per level ({len(taus)} levels); "
+                         f"got {repeats!r}")
     if transform is None:
         A = A_inv = None
     elif isinstance(transform, torch.Tensor):
@@ -114,7 +123,7 @@ def iterative_edit(f, y: torch.Tensor, known, taus=EDIT_TAUS, transform=None, ep
         raise ValueError(f"x_T must have y's shape {tuple(y.shape)}; got {tuple(x_T.shape)}")
     x = project(f(x_T, T))
     out = [x]
-    for tau in taus:
+    for tau in (tau for tau, r in zip(taus, reps) for _ in range(r)):
         z = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
         x = project(f(x + math.sqrt(tau**2 - eps**2) * z, tau))
         out.append(x)
@@ -128,7 +137,7 @@ def inpaint(f, y: torch.Tensor, mask, taus=EDIT_TAUS, **kw):
     ((1, H, W) or (H, W) for one mask over all channels). On 2-D points, mask (2,) = [1, 0]
     fixes coordinate 0 to y[:, 0] and samples coordinate 1: conditional sampling. The final
     projection copies y, so the known pixels of the result equal y exactly.
-    Keyword arguments go to ``iterative_edit`` (eps, T, generator, x_T, return_all).
+    Keyword arguments go to ``iterative_edit`` (eps, T, generator, x_T, return_all, repeats).
     """
     mask = torch.as_tensor(mask, device=y.device)
     try:

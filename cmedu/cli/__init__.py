@@ -98,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mnist only: pad images to 32x32 (the U-Net then works at 32, 16, 8 instead of 28, 14, 7)")
     t.add_argument("--every", type=int, default=200, help="save the checkpoint every this many steps (default 200)")
     t.add_argument("--minutes", type=float, default=None,
-                   help="wall-time budget. A new run times a few steps on this machine and plans --steps so that "
-                        "the whole run (every schedule included) fits in it; each invocation stops after at most "
+                   help="wall-time budget. A new run without --steps times a few steps on this machine and plans "
+                        "--steps so that the whole run (every schedule included) fits in it; each invocation stops after at most "
                         "this many minutes, and rerunning the same command resumes towards the planned total")
     t.add_argument("--ema-rampup", type=float, default=None,
                    help="EMA ramp-up ratio: the sampling EMA's half-life is at most this fraction of the images seen "

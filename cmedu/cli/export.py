@@ -11,7 +11,9 @@ import shlex
 
 import torch
 
-from ..checkpoints import IMAGE_DATA, data_of, export_weights, load_checkpoint, load_model, sample_shape
+from ..checkpoints import CHECKPOINT_FORMAT, IMAGE_DATA, MODEL_CLASSES, data_of, export_weights, load_checkpoint, load_model, sample_shape
+from ..continuous import TrigFlowModel
+from ..parameterization import ConsistencyModel
 from ..sampling import prior_sample, search_two_step_tau
 from .common import setup
 
@@ -48,12 +50,13 @@ def held_out_score(data: str, data_root=None, classifier=None, device="cpu", n_r
 def cmd_export(args, argv):
     device = setup(args)
     state = load_checkpoint(args.ckpt)
-    if state["format"] != "cmedu-trainer-v1":
+    if state["format"] != CHECKPOINT_FORMAT:
         raise ValueError(f"{args.ckpt} is already an exported file; export takes a run folder or its checkpoint.pt")
     data = data_of(state)
     taus, scores = {}, {}
-    # every consistency model but MeanFlow, which samples on its own time grid
-    if state["model_class"] not in ("EDMDenoiser", "MeanFlowModel") and args.tau_n > 0:
+    # every consistency model but MeanFlow, which samples on its own time grid (a denoiser has no two-step tau)
+    wrapper = MODEL_CLASSES.get(state["model_class"])
+    if wrapper in (ConsistencyModel, TrigFlowModel) and args.tau_n > 0:
         model, _ = load_model(args.ckpt, "ema", device)
         cfg = state["config"]
         x_T = prior_sample(sample_shape(state, args.tau_n), cfg["T"], torch.Generator().manual_seed(args.seed), device)

@@ -149,7 +149,7 @@ def cmd_train(args):
     if saved is not None:
         trainer.load_state_dict(saved)  # ValueError if the checkpoint is from another model or method
         print(f"resuming from {ckpt} at step {trainer.step} of {config.steps}")
-    elif args.minutes is not None:
+    elif args.minutes is not None and args.steps is None:  # an explicit --steps wins; --minutes then only caps the wall time
         seed_global(config.seed, 0)
         steps = trainer.plan_steps(args.minutes)
         print(f"planned {steps} steps to fit --minutes {args.minutes:g} (timed on this machine); the schedules "
