@@ -27,19 +27,23 @@ for init in teacher scratch; do
         > "$OUT/$init-eval-$i.log"
       python -c "import json, sys; from cmedu.checkpoints import load_checkpoint
 s = load_checkpoint(sys.argv[1]); p = sys.argv[2]; r = json.load(open(p))
-r['wall_minutes'] = s['config']['extra']['wall_seconds'] / 60; json.dump(r, open(p, 'w'), indent=1)" \
+r['wall_minutes'] = s['config']['extra']['wall_seconds'] / 60; r['machine'] = s['config']['extra']['machine']
+json.dump(r, open(p, 'w'), indent=1)" \
         "$OUT/$init" "$OUT/$init-$i.json"
     done
   ) &
 done
 wait
-python - "$OUT" "$ROUNDS" "$N" <<'PY'
+python - "$OUT" "$ROUNDS" "$N" "$CHUNK" "$TEACHER" <<'PY'
 import json, sys
-out, rounds, n = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+out, rounds, n, chunk, teacher = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
 curve = {init: [json.load(open(f"{out}/{init}-{i}.json")) for i in range(1, rounds + 1)] for init in ("teacher", "scratch")}
-rows = {init: [dict(minutes=round(r["wall_minutes"], 1), step=r["step"], fd_1=r["nfe"]["1"]["fd_mnist"],
-                    fd_2=r["nfe"]["2"]["fd_mnist"]) for r in runs] for init, runs in curve.items()}
-json.dump(rows, open(f"{out}/curve.json", "w"), indent=1)
+rows = {init: [dict(minutes=round(r["wall_minutes"], 2), step=r["step"], fd_1=round(r["nfe"]["1"]["fd_mnist"], 3),
+                    fd_2=round(r["nfe"]["2"]["fd_mnist"], 3)) for r in runs] for init, runs in curve.items()}
+meta = dict(command=f"ROUNDS={rounds} CHUNK={chunk:g} N={n} TEACHER={teacher} bash scripts/cd_init_curve.sh {out}",
+            teacher_checkpoint=teacher, n_samples=n, chunk_minutes=chunk, machine=curve["teacher"][0]["machine"],
+            fd="FD-MNIST of the EMA weights, 1 and 2 steps (default taus), vs the 10,000 test digits")
+json.dump(dict(meta, **rows), open(f"{out}/curve.json", "w"), indent=1)
 print(f"CD from the teacher vs from scratch: FD-MNIST (n = {n} samples vs the 10,000 test digits)")
 print(f"{'round':>5} | {'from the teacher: min':>21} {'step':>5} {'1 step':>7} {'2 steps':>7} | "
       f"{'from scratch: min':>17} {'step':>5} {'1 step':>7} {'2 steps':>7}")
