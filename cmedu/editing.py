@@ -66,7 +66,7 @@ def _channel_transform(Q: torch.Tensor):
 
 @torch.no_grad()
 def iterative_edit(f, y: torch.Tensor, known, taus=EDIT_TAUS, transform=None, eps: float = 0.002, T: float = 80.0,
-                   generator=None, x_T: torch.Tensor = None, return_all: bool = False, repeats: int = 1):
+                   generator=None, x_T: torch.Tensor = None, return_all: bool = False, repeats=1):
     """Alg. 4: multistep consistency sampling (Alg. 1) with a projection onto {x : known part of A x = A y}.
 
     Operator convention. ``transform`` is

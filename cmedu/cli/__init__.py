@@ -99,8 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--every", type=int, default=200, help="save the checkpoint every this many steps (default 200)")
     t.add_argument("--minutes", type=float, default=None,
                    help="wall-time budget. A new run without --steps times a few steps on this machine and plans "
-                        "--steps so that the whole run (every schedule included) fits in it; each invocation stops after at most "
-                        "this many minutes, and rerunning the same command resumes towards the planned total")
+                        "--steps so that the whole run (every schedule included) fits in it; each invocation stops "
+                        "after at most this many minutes, and rerunning the same command resumes towards the planned "
+                        "total")
     t.add_argument("--ema-rampup", type=float, default=None,
                    help="EMA ramp-up ratio: the sampling EMA's half-life is at most this fraction of the images seen "
                         "(EDM's ema_rampup_ratio; default: mnist 0.05, 2-D off)")

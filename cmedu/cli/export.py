@@ -11,7 +11,8 @@ import shlex
 
 import torch
 
-from ..checkpoints import CHECKPOINT_FORMAT, IMAGE_DATA, MODEL_CLASSES, data_of, export_weights, load_checkpoint, load_model, sample_shape
+from ..checkpoints import (CHECKPOINT_FORMAT, IMAGE_DATA, MODEL_CLASSES, data_of, export_weights, load_checkpoint,
+                           load_model, sample_shape)
 from ..continuous import TrigFlowModel
 from ..parameterization import ConsistencyModel
 from ..sampling import prior_sample, search_two_step_tau
