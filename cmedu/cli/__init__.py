@@ -1,4 +1,4 @@
-"""Command line: ``python -m cmedu {train,sample,eval,train-classifier} ...`` (also installed as ``cmedu``).
+"""Command line: ``python -m cmedu {train,sample,eval,export,fid-check,train-classifier} ...`` (also ``cmedu``).
 
     python -m cmedu train --data gmm --method ct --out runs/gmm-ct
     python -m cmedu sample --ckpt runs/gmm-ct/checkpoint.pt --nfe 2 --n 1000 --out samples.png
@@ -19,6 +19,8 @@ from .common import DATA
 from .evaluate import cmd_eval, cmd_sample, cmd_train_classifier, save_samples
 from .export import add_parser as add_export_parser
 from .export import cmd_export
+from .fid_check import add_parser as add_fid_check_parser
+from .fid_check import cmd_fid_check
 from .train import PRESETS, cmd_train
 
 
@@ -169,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     _common(c)
     add_export_parser(sub, fmt, _common, _data_root)
+    add_fid_check_parser(sub, fmt, _common, _data_root)
     return parser
 
 
@@ -178,7 +181,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = argv
-    for name in ("steps", "batch_size", "n", "threads", "every", "epochs", "warmup", "tau_n"):
+    for name in ("steps", "batch_size", "n", "threads", "every", "epochs", "warmup", "tau_n", "n_train"):
         value = getattr(args, name, None)
         low = 0 if name in ("warmup", "tau_n") else 1
         if value is not None and value < low:
@@ -196,6 +199,8 @@ def main(argv=None) -> int:
             return cmd_eval(args)
         if args.command == "export":
             return cmd_export(args, argv)
+        if args.command == "fid-check":
+            return cmd_fid_check(args)
         return cmd_train_classifier(args, argv)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         print(f"cmedu {args.command}: error: {e}", file=sys.stderr)
