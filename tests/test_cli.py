@@ -124,6 +124,10 @@ def test_cd_teachers(capsys, tmp_path, gmm_ct):
                      "--teacher", teacher, *TOY)
     assert rc == 0, err
     assert load_checkpoint(tmp_path / "m")["config"]["extra"]["teacher"] == str(teacher)
+    # a consistency model is no teacher
+    rc, _, err = run(capsys, "train", "--data", "moons", "--method", "ect", "--out", tmp_path / "e", "--steps", 2,
+                     "--teacher", tmp_path / "m", *TOY)
+    assert rc == 2 and "is a ConsistencyModel checkpoint; cd, ect, scd need an EDM denoiser" in err
     # sCD from the same teacher: the student is built with the teacher's network, and another --preset is refused
     rc, _, err = run(capsys, "train", "--data", "moons", "--method", "scd", "--out", tmp_path / "s", "--steps", 2,
                      "--teacher", teacher, *TOY)

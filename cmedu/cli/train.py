@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoints import IMAGE_DATA, build_net, data_of, load_checkpoint, load_model
 from ..nets import MLP_PRESETS, UNET_PRESETS, make_mlp, make_unet
+from ..parameterization import EDMDenoiser
 from ..profiles import progress_disabled
 from ..recipes import toy_config
 from ..methods import DISTILLATION_METHODS, TEACHER_METHODS, model_class, net_options
@@ -56,9 +57,9 @@ def _load_teacher(path, data, img_size, device, preset=None):
     """The teacher's EDM denoiser and its network preset; ``preset``, when given, must be the teacher's
     (a student that starts from the teacher is built with the teacher's network)."""
     teacher, state = load_model(path, "ema", device)
-    if state["model_class"] != "EDMDenoiser":
-        raise ValueError(f"--teacher {path} is a {state['model_class']} checkpoint; CD needs an EDM denoiser "
-                         "(train one with `--method edm`)")
+    if not isinstance(teacher, EDMDenoiser):
+        raise ValueError(f"--teacher {path} is a {state['model_class']} checkpoint; {', '.join(TEACHER_METHODS)} "
+                         "need an EDM denoiser (train one with `--method edm`)")
     if data_of(state) != data or state["net_config"].get("img_size") != img_size:
         raise ValueError(f"--teacher {path} was trained on {data_of(state)} "
                          f"(net config {state['net_config']}), not on this run's {data} data")
