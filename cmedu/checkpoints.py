@@ -115,10 +115,16 @@ def stored_taus(state, nfe: int):
     return (state.get("taus") or {}).get(str(nfe))
 
 
+def sampling_start(state, nfe: int) -> float:
+    """The noise level where a consistency model's ``nfe``-step sampling starts: the one chosen by export, else T."""
+    return float((state.get("starts") or {}).get(str(nfe)) or state["config"]["T"])
+
+
 @torch.no_grad()
 def generate(model, state, n: int, nfe: int, seed: int = 0, device="cpu", batch_size: int = 1000, taus=None):
-    """n samples on the CPU: Alg. 1 with ``nfe`` steps for a consistency model (the checkpoint's chosen taus when it
-    has them), the Heun/Euler PF-ODE sampler with ``nfe`` evaluations for an EDM denoiser. Images are clipped to [-1, 1].
+    """n samples on the CPU: Alg. 1 with ``nfe`` steps for a consistency model (from the checkpoint's chosen start
+    noise level and taus when it has them), the Heun/Euler PF-ODE sampler with ``nfe`` evaluations for an EDM
+    denoiser. Images are clipped to [-1, 1].
     """
     from .sampling import prior_sample, sample, teacher_sample
 
@@ -130,7 +136,8 @@ def generate(model, state, n: int, nfe: int, seed: int = 0, device="cpu", batch_
     for start in range(0, n, batch_size):
         shape = sample_shape(state, min(batch_size, n - start))
         if not isinstance(model, EDMDenoiser):  # every other wrapper is a consistency function f(x, sigma)
-            x = sample(model, shape, nfe, taus=taus, generator=gen, eps=cfg["eps"], T=cfg["T"], device=device)
+            x = sample(model, shape, nfe, taus=taus, generator=gen, eps=cfg["eps"], T=sampling_start(state, nfe),
+                       device=device)
         else:
             x = teacher_sample(model, prior_sample(shape, cfg["T"], gen, device), nfe, eps=cfg["eps"], T=cfg["T"])
         out.append(x.float().cpu())
@@ -138,14 +145,17 @@ def generate(model, state, n: int, nfe: int, seed: int = 0, device="cpu", batch_
     return x.clamp(-1, 1) if data_of(state) in IMAGE_DATA else x
 
 
-def export_weights(state: dict, path, taus: dict = None, **record):
-    """Write the EMA weights of a training checkpoint in float16 (``cmedu-weights-v1``), atomically.
+def export_weights(state: dict, path, taus: dict = None, starts: dict = None, **record):
+    """Write the EMA weights of a training checkpoint (or an exported file) in float16 (``cmedu-weights-v1``),
+    atomically.
 
-    ``taus`` maps an NFE (as a string) to its chosen intermediate times; ``record`` holds how the
-    file was made (command, wall time, machine, measured numbers).
+    ``taus`` maps an NFE (as a string) to its chosen intermediate times; ``starts`` maps an NFE to the noise
+    level where its sampling starts (absent: T); ``record`` holds how the file was made (command, wall time, machine,
+    measured numbers).
     """
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError("export_weights takes a training checkpoint (written by `python -m cmedu train`)")
+    if state.get("format") not in FORMATS:
+        raise ValueError("export_weights takes a training checkpoint (written by `python -m cmedu train`) or an "
+                         "exported file")
     out = {
         "format": WEIGHTS_FORMAT,
         "config": state["config"],
@@ -155,6 +165,7 @@ def export_weights(state: dict, path, taus: dict = None, **record):
         "ema": {k: v.half() if v.is_floating_point() else v for k, v in state["ema"].items()},
         "taus": {str(k): list(v) for k, v in (taus or {}).items()},
         "record": record,
+        "starts": {str(k): float(v) for k, v in (starts or {}).items()},
     }
     save_atomic(out, os.fspath(path))
     return out
@@ -194,5 +205,5 @@ def save_atomic(obj, path: str):
 
 
 __all__ = ["build_net", "load_checkpoint", "load_model", "data_of", "sample_shape", "default_nfe", "stored_taus",
-           "generate", "export_weights", "WEIGHTS_FORMAT", "CHECKPOINT_FORMAT",
+           "sampling_start", "generate", "export_weights", "WEIGHTS_FORMAT", "CHECKPOINT_FORMAT",
            "check_checkpoint_format", "check_checkpoint", "save_atomic"]

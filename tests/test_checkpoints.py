@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cmedu.checkpoints import (WEIGHTS_FORMAT, export_weights, generate, load_checkpoint, load_model, resolve,
-                               stored_taus)
+                               sampling_start, stored_taus)
 from cmedu.cli import main
 from cmedu.parameterization import ConsistencyModel, EDMDenoiser
 
@@ -39,11 +39,35 @@ def test_export_command_chooses_tau(gmm_cd, tmp_path, capsys):
     out = tmp_path / "cd.pt"
     assert main(["export", "--ckpt", str(gmm_cd), "--out", str(out), "--tau-n", "200", "--threads", "1"]) == 0
     text = capsys.readouterr().out
-    assert "tau search" in text and "-> tau =" in text
+    assert "two steps from 80, tau:" in text and "-> tau =" in text and "chosen: one step from" in text
     state = load_checkpoint(out)
-    tau = stored_taus(state, 2)[0]
-    assert min(state["record"]["tau_scores"].values()) == state["record"]["tau_scores"][tau]
-    assert main(["export", "--ckpt", str(out), "--out", str(tmp_path / "again.pt")]) == 2  # already exported
+    tau, start, start2 = stored_taus(state, 2)[0], sampling_start(state, 1), sampling_start(state, 2)
+    record = state["record"]
+    assert min(record["start_scores"].values()) == record["start_scores"][start]
+    assert set(record["start_scores"]) == {80.0, 40.0, 20.0, 10.0, 5.0}
+    assert tau < start2 and sampling_start(state, 3) == 80
+    # the two-step pair is the best of the taus from T and from the one-step start
+    assert set(record["two_step_scores"]) == {"80.0", str(start)}
+    assert record["tau_scores"] == record["two_step_scores"][str(start2)]
+    assert record["tau_scores"][tau] == min(min(v.values()) for v in record["two_step_scores"].values())
+    # generate starts where export chose: the same samples as by hand from start * z
+    model, _ = load_model(out)
+    x = generate(model, state, 5, 1, seed=3)
+    assert torch.equal(x, model(torch.randn(5, 2, generator=torch.Generator().manual_seed(3)) * start,
+                                torch.full((5,), start)))
+    # --start-grid 80 keeps Alg. 1's start at T
+    assert main(["export", "--ckpt", str(gmm_cd), "--out", str(out), "--tau-n", "50", "--start-grid", "80",
+                 "--threads", "1"]) == 0
+    first = load_checkpoint(out)
+    assert sampling_start(first, 1) == sampling_start(first, 2) == 80.0
+    # an exported file can be exported again: the same weights, the searches made again, its history kept
+    again = tmp_path / "again.pt"
+    assert main(["export", "--ckpt", str(out), "--out", str(again), "--tau-n", "50", "--threads", "1"]) == 0
+    second = load_checkpoint(again)
+    assert all(torch.equal(first["ema"][k], second["ema"][k]) for k in first["ema"]) and second["step"] == first["step"]
+    assert second["record"]["train_command"] == first["record"]["train_command"] is not None
+    assert "--start-grid 80" in second["record"]["first_export_command"]
+    assert set(second["record"]["start_scores"]) == {80.0, 40.0, 20.0, 10.0, 5.0}
 
 
 @pytest.mark.parametrize("content", [b"garbage, not a checkpoint", b"", None])

@@ -263,14 +263,16 @@ def test_fid_check_train_vs_test_caches_its_statistics(capsys, tmp_path, monkeyp
 
     fixture = os.path.join(os.path.dirname(__file__), "data")
     full = cmedu.data.load_cifar10
-    monkeypatch.setattr(cmedu.data, "load_cifar10", lambda root, train: [t[:8] for t in full(root, train)])  # Inception is slow
+    # Inception is slow: 8 images of each split
+    monkeypatch.setattr(cmedu.data, "load_cifar10", lambda root, train: [t[:8] for t in full(root, train)])
     args = ["fid-check", "--data-root", fixture, "--n-train", "6", "--stats-dir", tmp_path / "stats",
             "--json", tmp_path / "check.json", "--threads", "1"]
     rc, text, _ = run(capsys, *args)
     assert rc == 0 and "FID(train 6, test 8) = " in text and " on CIFAR-10 (JPEG-75 stand-in) (the original" in text
     result = json.loads((tmp_path / "check.json").read_text())
     assert result["n_train"] == 6 and result["n_test"] == 8 and result["fid"] > 0
-    assert sorted(p.name for p in (tmp_path / "stats").iterdir()) == ["cifar10-test-n8.npz", "cifar10-train-n6-random.npz"]
+    written = sorted(p.name for p in (tmp_path / "stats").iterdir())
+    assert written == ["cifar10-test-n8.npz", "cifar10-train-n6-random.npz"]
 
     def no_network(*a, **k):
         raise AssertionError("the cached statistics should have answered")

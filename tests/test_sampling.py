@@ -122,3 +122,20 @@ def test_teacher_sample_35_lands_on_data(mixture):
 def test_prior_sample_scale():
     x = prior_sample((20000, 2), T=3.0, generator=torch.Generator().manual_seed(0))
     assert x.std().item() == pytest.approx(3.0, rel=0.02)
+
+
+def test_one_step_start_search_is_paired_and_picks_the_best():
+    from cmedu.sampling import START_GRID, search_one_step_start
+
+    z = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    calls = []
+
+    def f(x, s):
+        calls.append((x.clone(), s.clone()))
+        return x / s[:, None]  # returns z for every start: the noise is the same at each s
+
+    best, scores = search_one_step_start(f, z, lambda x: float((x.std() - 1) ** 2) + abs(calls[-1][1][0] - 20), T=80.0)
+    assert best == 20.0 and list(scores) == list(START_GRID)
+    assert all(torch.allclose(x / s[:, None], z) for x, s in calls)
+    with pytest.raises(ValueError, match="in \\(0, T = 80\\]"):
+        search_one_step_start(f, z, lambda x: 0.0, grid=(160.0,), T=80.0)

@@ -1,10 +1,13 @@
-"""``python -m cmedu export``: a run's EMA weights in float16, with the two-step tau chosen on held-out data.
+"""``python -m cmedu export``: a run's EMA weights in float16, with its sampling choices made on held-out data.
 
 The tau search follows notebook 05: a grid of taus, the same noise for each, a score on data the
 final evaluation does not use (MNIST: FD-MNIST against the last 10,000 *training* images; CIFAR-10:
 FID against ``--tau-ref`` random training images, 10,000 by default; 2-D: sliced W2 against fresh samples of the dataset).
 The chosen tau is stored in the file, and ``sample``/``eval --nfe 2`` use it, so two steps are not
-worse than one by accident.
+worse than one by accident. Before it, the noise level s at which sampling starts (x = f(s z, s); Alg. 1
+has s = T) is chosen the same way (``sampling.search_one_step_start``): a briefly trained model is
+often far better from s = 10-20 than from T = 80. Two steps try their tau from T and from that s and
+keep the better pair. The starts are stored per NFE too; other NFEs start at T.
 """
 import os
 import shlex
@@ -15,7 +18,7 @@ from ..checkpoints import (CHECKPOINT_FORMAT, IMAGE_DATA, MODEL_CLASSES, data_of
                            load_model, sample_shape)
 from ..continuous import TrigFlowModel
 from ..parameterization import ConsistencyModel
-from ..sampling import prior_sample, search_two_step_tau
+from ..sampling import START_GRID, prior_sample, search_one_step_start, search_two_step_tau
 from .common import setup
 
 TAU_GRID = (0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0, 3.0, 5.0)
@@ -51,29 +54,44 @@ def held_out_score(data: str, data_root=None, classifier=None, device="cpu", n_r
 def cmd_export(args, argv):
     device = setup(args)
     state = load_checkpoint(args.ckpt)
-    if state["format"] != CHECKPOINT_FORMAT:
-        raise ValueError(f"{args.ckpt} is already an exported file; export takes a run folder or its checkpoint.pt")
     data = data_of(state)
-    taus, scores = {}, {}
+    taus, starts, scores, start_scores = {}, {}, {}, {}
     # every consistency model but MeanFlow, which samples on its own time grid (a denoiser has no two-step tau)
     wrapper = MODEL_CLASSES.get(state["model_class"])
     if wrapper in (ConsistencyModel, TrigFlowModel) and args.tau_n > 0:
         model, _ = load_model(args.ckpt, "ema", device)
-        cfg = state["config"]
-        x_T = prior_sample(sample_shape(state, args.tau_n), cfg["T"], torch.Generator().manual_seed(args.seed), device)
+        T, eps = state["config"]["T"], state["config"]["eps"]
+        z = prior_sample(sample_shape(state, args.tau_n), 1.0, torch.Generator().manual_seed(args.seed), device)
         score = held_out_score(data, args.data_root, args.classifier, device, args.tau_ref)
-        grid = args.tau_grid or TAU_GRID
-        best, scores = search_two_step_tau(model, x_T, score, grid, cfg["eps"], cfg["T"], args.seed + 1)
-        taus["2"] = [best]
         against = {"mnist": "FD-MNIST vs the last 10k training images",
                    "cifar10": f"FID vs {args.tau_ref} random training images"}.get(data, "sliced W2 vs fresh data")
-        print(f"two-step tau search on held-out data ({against}, {args.tau_n} samples):")
-        print("  " + "  ".join(f"{t:g}: {s:.4g}" for t, s in scores.items()) + f"  -> tau = {best:g}")
-    extra = state["config"].get("extra", {})
-    record = dict(train_command=extra.get("command"), wall_minutes=round(extra.get("wall_seconds", 0.0) / 60, 1),
-                  machine=extra.get("machine"), export_command="python -m cmedu " + " ".join(map(shlex.quote, argv)),
-                  tau_scores=scores)
-    export_weights(state, args.out, taus, **record)
+        print(f"search on held-out data ({against}, {args.tau_n} samples)")
+        start, start_scores = search_one_step_start(model, z, score, args.start_grid or START_GRID, T)
+        print("  one step, start noise level: " + "  ".join(f"{s:g}: {v:.4g}" for s, v in start_scores.items())
+              + f"  -> {start:g}")
+        # two steps: the tau at T (Alg. 1) and at the one-step start; the better pair wins
+        for s in sorted({float(T), start}, reverse=True):
+            grid = [t for t in (args.tau_grid or TAU_GRID) if t < s]
+            tau, by_tau = search_two_step_tau(model, z * s, score, grid, eps, s, args.seed + 1)
+            scores[s] = by_tau
+            print(f"  two steps from {s:g}, tau: " + "  ".join(f"{t:g}: {v:.4g}" for t, v in by_tau.items())
+                  + f"  -> tau = {tau:g}")
+            if not taus or by_tau[tau] < scores[starts["2"]][taus["2"][0]]:
+                taus["2"], starts["2"] = [tau], s
+        starts["1"] = start
+        print(f"chosen: one step from {start:g}; two steps from {starts['2']:g} with tau = {taus['2'][0]:g}")
+    if state["format"] == CHECKPOINT_FORMAT:
+        extra = state["config"].get("extra", {})
+        record = dict(train_command=extra.get("command"), wall_minutes=round(extra.get("wall_seconds", 0.0) / 60, 1),
+                      machine=extra.get("machine"))
+    else:  # an exported file: the same float16 weights, the searches made again
+        record = {k: state["record"].get(k) for k in ("train_command", "wall_minutes", "machine")}
+        record["first_export_command"] = state["record"].get("first_export_command",
+                                                             state["record"].get("export_command"))
+    record.update(export_command="python -m cmedu " + " ".join(map(shlex.quote, argv)),
+                  tau_scores=scores.get(starts.get("2"), {}), two_step_scores={str(k): v for k, v in scores.items()},
+                  start_scores=start_scores)
+    export_weights(state, args.out, taus, starts, **record)
     size = os.path.getsize(args.out) / 2**20
     print(f"wrote {args.out} ({size:.2f} MiB, float16 EMA weights, step {state['step']}, "
           f"{record['wall_minutes']} min of training on {record['machine']})")
@@ -89,12 +107,17 @@ def add_parser(sub, fmt, common, data_root):
                     "2-D: sliced W2 against fresh data); `sample` and `eval --nfe 2` then use it.",
         epilog="example:\n  python -m cmedu export --ckpt runs/mnist-cd --out checkpoints/mnist_cd.pt",
     )
-    x.add_argument("--ckpt", required=True, help="run folder or its checkpoint.pt (written by `cmedu train`)")
+    x.add_argument("--ckpt", required=True,
+                   help="run folder or its checkpoint.pt (written by `cmedu train`); or an exported file, whose "
+                        "weights are kept while the searches are made again")
     x.add_argument("--out", required=True, help="the .pt file to write")
     x.add_argument("--tau-n", type=int, default=2000,
                    help="samples per tau in the two-step tau search (default 2000; 0 skips the search)")
     x.add_argument("--tau-grid", type=float, nargs="+", default=None,
                    help=f"the taus to try (default: {' '.join(map(str, TAU_GRID))})")
+    x.add_argument("--start-grid", type=float, nargs="+", default=None,
+                   help="noise levels at which one-step sampling may start, searched before tau (default: "
+                        f"{' '.join(f'{s:g}' for s in START_GRID)}; `--start-grid 80` keeps Alg. 1's start at T)")
     x.add_argument("--tau-ref", type=int, default=10000,
                    help="cifar10: random training images the search's FID compares with (default 10000)")
     x.add_argument("--seed", type=int, default=0, help="seed of the search's noise (default 0)")

@@ -51,7 +51,8 @@ def cmd_fid_check(args):
         split = "train" if train else "test"
         stem = f"cifar10-{split}-n{len(images)}" + ("" if len(images) == n else "-random")
         print(f"{split}: {len(images):,} images of {source.label}; statistics in {args.stats_dir}/{stem}.npz")
-        sets[split] = (len(images), source.label, fid_stats(images, device=device, cache=Path(args.stats_dir) / f"{stem}.npz"))
+        stats = fid_stats(images, device=device, cache=Path(args.stats_dir) / f"{stem}.npz")
+        sets[split] = (len(images), source.label, stats)
     value = fid_from_stats(*sets["train"][2], *sets["test"][2])
     (n_train, label, _), (n_test, _, _) = sets["train"], sets["test"]
     print(f"FID(train {n_train:,}, test {n_test:,}) = {value:.3f} on {label} (the original files, 50k vs 10k: "
