@@ -55,8 +55,9 @@ def cmd_eval(args):
     model, state = load_model(args.ckpt, "ema", device)
     data = data_of(state)
     results = {"ckpt": str(args.ckpt), "step": state["step"], "data": data, "method": state["config"]["method"], "nfe": {}}
+    starts = sorted((state.get("starts") or {}).items())
     print(f"{args.ckpt}: {state['model_class']} ({results['method']}) on {data}, step {state['step']}, {args.n} samples"
-          + "".join(f"; {k}-step sampling starts at noise level {v:g}" for k, v in sorted((state.get("starts") or {}).items())))
+          + "".join(f"; {k}-step sampling starts at noise level {v:g}" for k, v in starts))
     score = make_scorer(data, args, device, results)
     for nfe in args.nfe or [default_nfe(state)]:
         x = generate(model, state, args.n, nfe, args.seed, device, args.batch_size)
