@@ -78,7 +78,7 @@ def teacher_sample(denoiser, x_T: torch.Tensor, nfe: int, eps: float = 0.002, T:
     return heun_solve(denoiser, x_T, ts, last_step_euler=nfe % 2 == 1)
 
 
-START_GRID = (80.0, 40.0, 20.0, 10.0, 5.0)
+START_GRID = (80.0, 40.0, 20.0, 10.0, 5.0, 2.5)
 
 
 @torch.no_grad()

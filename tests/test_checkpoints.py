@@ -8,6 +8,7 @@ from cmedu.checkpoints import (WEIGHTS_FORMAT, export_weights, generate, load_ch
                                sampling_start, stored_taus)
 from cmedu.cli import main
 from cmedu.parameterization import ConsistencyModel, EDMDenoiser
+from cmedu.sampling import START_GRID
 
 TOY = ["--preset", "tiny", "--batch-size", "32", "--quiet", "--threads", "1"]
 
@@ -44,7 +45,7 @@ def test_export_command_chooses_tau(gmm_cd, tmp_path, capsys):
     tau, start, start2 = stored_taus(state, 2)[0], sampling_start(state, 1), sampling_start(state, 2)
     record = state["record"]
     assert min(record["start_scores"].values()) == record["start_scores"][start]
-    assert set(record["start_scores"]) == {80.0, 40.0, 20.0, 10.0, 5.0}
+    assert set(record["start_scores"]) == set(START_GRID)
     assert tau < start2 and sampling_start(state, 3) == 80
     # the two-step pair is the best of the taus from T and from the one-step start
     assert set(record["two_step_scores"]) == {"80.0", str(start)}
@@ -67,7 +68,7 @@ def test_export_command_chooses_tau(gmm_cd, tmp_path, capsys):
     assert all(torch.equal(first["ema"][k], second["ema"][k]) for k in first["ema"]) and second["step"] == first["step"]
     assert second["record"]["train_command"] == first["record"]["train_command"] is not None
     assert "--start-grid 80" in second["record"]["first_export_command"]
-    assert set(second["record"]["start_scores"]) == {80.0, 40.0, 20.0, 10.0, 5.0}
+    assert set(second["record"]["start_scores"]) == set(START_GRID)
 
 
 @pytest.mark.parametrize("content", [b"garbage, not a checkpoint", b"", None])
