@@ -189,14 +189,14 @@ def check_checkpoint(state, model, method=None):
         raise ValueError(f"checkpoint was trained with method {state['config']['method']!r}, not {method!r}")
 
 
-def save_atomic(obj, path: str):
-    """torch.save to a temporary file in the same folder, then rename: never a half-written file."""
+def write_atomic(path, write):
+    """Call write(binary file) on a temporary file in the folder of ``path``, then rename it: never half-written."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(os.fspath(path))[1])
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -204,6 +204,11 @@ def save_atomic(obj, path: str):
         raise
 
 
+def save_atomic(obj, path: str):
+    """torch.save to a temporary file in the same folder, then rename: never a half-written file."""
+    write_atomic(path, lambda f: torch.save(obj, f))
+
+
 __all__ = ["build_net", "load_checkpoint", "load_model", "data_of", "sample_shape", "default_nfe", "stored_taus",
            "sampling_start", "generate", "export_weights", "WEIGHTS_FORMAT", "CHECKPOINT_FORMAT",
-           "check_checkpoint_format", "check_checkpoint", "save_atomic"]
+           "check_checkpoint_format", "check_checkpoint", "save_atomic", "write_atomic"]

@@ -23,8 +23,6 @@ import contextlib
 import functools
 import hashlib
 import importlib.util
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -32,6 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .checkpoints import write_atomic
 from .classifier import gaussian_frechet_distance  # the project's one Fréchet distance
 from .profiles import progress_disabled
 
@@ -165,7 +164,7 @@ def inception_features(images: torch.Tensor, batch_size: int = 50, device=None, 
     images = to_uint8_values(images)
     device = torch.device(device or _default_device())
     model = load_inception(str(device))
-    prefix = _fingerprint(images)[:16] if resume is not None else None
+    prefix = _chunk_prefix(_fingerprint(images)) if resume is not None else None
     out = []
     bar = tqdm(total=len(images), desc="Inception features", unit="img", disable=progress_disabled())
     with _full_fp32(device), bar:
@@ -184,23 +183,14 @@ def inception_features(images: torch.Tensor, batch_size: int = 50, device=None, 
                 bar.update(len(batch))
             feats = torch.cat(feats)
             if path is not None:
-                _save_atomic(path, lambda f: np.save(f, feats.numpy()))
+                write_atomic(path, lambda f: np.save(f, feats.numpy()))
             out.append(feats.double())
     return torch.cat(out) if out else torch.empty(0, FEATURE_DIM, dtype=torch.float64)
 
 
-def _save_atomic(path: Path, write):
-    """Call write(file object) on a temporary file next to ``path``, then rename it: never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+def _chunk_prefix(digest: str) -> str:
+    """The start of the name of every feature chunk of the images whose ``_fingerprint`` is ``digest``."""
+    return digest[:16]
 
 
 def _stats(features: torch.Tensor):
@@ -220,8 +210,8 @@ def _fingerprint(images_u8: torch.Tensor) -> str:
 
 def save_stats(path, mu, sigma, **metadata):
     """Write mu, sigma (and string metadata) to an .npz file: a temporary file, then a rename, so never half-written."""
-    _save_atomic(Path(path), lambda f: np.savez(f, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64),
-                                                model=MODEL_TAG, **{k: str(v) for k, v in metadata.items()}))
+    write_atomic(path, lambda f: np.savez(f, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64),
+                                          model=MODEL_TAG, **{k: str(v) for k, v in metadata.items()}))
 
 
 def load_stats(path):
@@ -250,7 +240,7 @@ def fid_stats(images: torch.Tensor, batch_size: int = 50, device=None, cache=Non
     parts = cache.with_name(cache.name + ".parts")
     mu, sigma = _stats(inception_features(images, batch_size, device, resume=parts))
     save_stats(cache, mu, sigma, images_sha1=digest, n=len(images))
-    for f in parts.glob(f"{digest[:16]}-*.npy"):
+    for f in parts.glob(f"{_chunk_prefix(digest)}-*.npy"):
         f.unlink()
     with contextlib.suppress(OSError):
         parts.rmdir()  # only when nothing else is in it

@@ -91,10 +91,11 @@ def search_one_step_start(f, z: torch.Tensor, score, grid=START_GRID, T: float =
     Every s gets the same standard-normal ``z`` (paired). Score on held-out data, as for the two-step tau.
     Returns (best_s, {s: score}).
     """
+    outside = [s for s in grid if not 0 < s <= T]
+    if outside:
+        raise ValueError(f"a start noise level must be in (0, T = {T:g}]; got {', '.join(f'{s:g}' for s in outside)}")
     scores = {}
     for s in grid:
-        if not 0 < s <= T:
-            raise ValueError(f"a start noise level must be in (0, T = {T:g}]; got {s:g}")
         x = f(z * s, torch.full((z.shape[0],), float(s), device=z.device, dtype=z.dtype))
         scores[float(s)] = float(score(x))
     return min(scores, key=scores.get), scores

@@ -1,7 +1,9 @@
-"""Helpers shared by the command-line commands: device and threads, the global RNG, the data sets by name."""
+"""Helpers shared by the command-line commands: device and threads, the global RNG, the data sets by name, JSON."""
+import json
+
 import torch
 
-from ..checkpoints import IMAGE_DATA
+from ..checkpoints import IMAGE_DATA, write_atomic
 from ..toy import DATASETS
 
 TOY_DATA = DATASETS
@@ -27,3 +29,8 @@ def seed_global(seed: int, step: int):
     every step makes a resumed run identical to an uninterrupted one.
     """
     torch.manual_seed((seed * 1_000_003 + step) % 2**63)
+
+
+def write_json(path, obj):
+    """``obj`` as indented JSON in ``path`` (its folder made), atomically: the ``--json`` of eval and fid-check."""
+    write_atomic(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))

@@ -1,5 +1,4 @@
 """``python -m cmedu sample``, ``eval`` and ``train-classifier``: use a trained checkpoint, or train the judge."""
-import json
 import math
 import shlex
 import time
@@ -9,7 +8,7 @@ import numpy as np
 import torch
 
 from ..checkpoints import IMAGE_DATA, data_of, default_nfe, generate, load_model
-from .common import setup
+from .common import setup, write_json
 
 
 def save_samples(x: torch.Tensor, path, data: str):
@@ -64,8 +63,7 @@ def cmd_eval(args):
         results["nfe"][nfe], line = score(x)
         print(f"NFE {nfe}: {line}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        write_json(args.json, results)
     return 0
 
 

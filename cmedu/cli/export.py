@@ -70,15 +70,16 @@ def cmd_export(args, argv):
         print("  one step, start noise level: " + "  ".join(f"{s:g}: {v:.4g}" for s, v in start_scores.items())
               + f"  -> {start:g}")
         # two steps: the tau at T (Alg. 1) and at the one-step start; the better pair wins
+        best = []
         for s in sorted({float(T), start}, reverse=True):
             grid = [t for t in (args.tau_grid or TAU_GRID) if t < s]
             tau, by_tau = search_two_step_tau(model, z * s, score, grid, eps, s, args.seed + 1)
             scores[s] = by_tau
             print(f"  two steps from {s:g}, tau: " + "  ".join(f"{t:g}: {v:.4g}" for t, v in by_tau.items())
                   + f"  -> tau = {tau:g}")
-            if not taus or by_tau[tau] < scores[starts["2"]][taus["2"][0]]:
-                taus["2"], starts["2"] = [tau], s
-        starts["1"] = start
+            best.append((by_tau[tau], s, tau))
+        _, starts["2"], tau = min(best, key=lambda b: b[0])  # the first on a tie: T
+        taus["2"], starts["1"] = [tau], start
         print(f"chosen: one step from {start:g}; two steps from {starts['2']:g} with tau = {taus['2'][0]:g}")
     if state["format"] == CHECKPOINT_FORMAT:
         extra = state["config"].get("extra", {})

@@ -9,12 +9,11 @@ hours. The features are saved in chunks next to the statistics files (``cmedu.fi
 so rerunning the same command continues where the last run stopped, and statistics already
 computed (e.g. the test set's by ``eval --fid-stats``) are read back.
 """
-import json
 from pathlib import Path
 
 import torch
 
-from .common import setup
+from .common import setup, write_json
 
 PAPER_VALUE = 3.15  # FID(train 50k, test 10k) of the original files with the TF-FID Inception
 
@@ -58,7 +57,6 @@ def cmd_fid_check(args):
     print(f"FID(train {n_train:,}, test {n_test:,}) = {value:.3f} on {label} (the original files, 50k vs 10k: "
           f"about {PAPER_VALUE})")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"fid": value, "n_train": n_train, "n_test": n_test, "data": label,
-                                               "reference_value_original_files": PAPER_VALUE}, indent=1))
+        write_json(args.json, {"fid": value, "n_train": n_train, "n_test": n_test, "data": label,
+                               "reference_value_original_files": PAPER_VALUE})
     return 0
