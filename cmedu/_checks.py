@@ -42,5 +42,5 @@ def check_taus(taus, eps: float = 0.002, T: float = 80.0):
     taus = [float(t) for t in taus]
     if any(not eps < t < T for t in taus) or any(a <= b for a, b in zip(taus, taus[1:])):
         raise ValueError(f"taus must be strictly decreasing and inside (eps, T) = ({eps}, {T}), "
-                         f"e.g. (5.0, 1.0, 0.2); got {taus}")
+                         f"e.g. ({T / 16:.3g}, {T / 80:.3g}, {T / 400:.3g}); got {taus}")
     return taus

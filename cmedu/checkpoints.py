@@ -121,22 +121,29 @@ def sampling_start(state, nfe: int) -> float:
 
 
 @torch.no_grad()
-def generate(model, state, n: int, nfe: int, seed: int = 0, device="cpu", batch_size: int = 1000, taus=None):
+def generate(model, state, n: int, nfe: int, seed: int = 0, device="cpu", batch_size: int = 1000, taus=None,
+             start=None):
     """n samples on the CPU: Alg. 1 with ``nfe`` steps for a consistency model (from the checkpoint's chosen start
     noise level and taus when it has them), the Heun/Euler PF-ODE sampler with ``nfe`` evaluations for an EDM
     denoiser. Images are clipped to [-1, 1].
+
+    ``taus`` and ``start`` override the stored choices: ``start=state["config"]["T"]`` is Alg. 1's own start.
     """
     from .sampling import prior_sample, sample, teacher_sample
 
     cfg = state["config"]
     if taus is None:
         taus = stored_taus(state, nfe)
+    if start is None:
+        start = sampling_start(state, nfe)
+    elif isinstance(model, EDMDenoiser):
+        raise ValueError("start= is for consistency models; the teacher's ODE solve always starts at T")
     gen = torch.Generator().manual_seed(seed)
     out = []
-    for start in range(0, n, batch_size):
-        shape = sample_shape(state, min(batch_size, n - start))
+    for first in range(0, n, batch_size):
+        shape = sample_shape(state, min(batch_size, n - first))
         if not isinstance(model, EDMDenoiser):  # every other wrapper is a consistency function f(x, sigma)
-            x = sample(model, shape, nfe, taus=taus, generator=gen, eps=cfg["eps"], T=sampling_start(state, nfe),
+            x = sample(model, shape, nfe, taus=taus, generator=gen, eps=cfg["eps"], T=float(start),
                        device=device)
         else:
             x = teacher_sample(model, prior_sample(shape, cfg["T"], gen, device), nfe, eps=cfg["eps"], T=cfg["T"])

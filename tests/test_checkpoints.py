@@ -56,6 +56,10 @@ def test_export_command_chooses_tau(gmm_cd, tmp_path, capsys):
     x = generate(model, state, 5, 1, seed=3)
     assert torch.equal(x, model(torch.randn(5, 2, generator=torch.Generator().manual_seed(3)) * start,
                                 torch.full((5,), start)))
+    # ... unless told where to start: start=T is Alg. 1's own one step
+    x_T = generate(model, state, 5, 1, seed=3, start=80.0)
+    assert torch.equal(x_T, model(torch.randn(5, 2, generator=torch.Generator().manual_seed(3)) * 80.0,
+                                  torch.full((5,), 80.0)))
     # --start-grid 80 keeps Alg. 1's start at T
     assert main(["export", "--ckpt", str(gmm_cd), "--out", str(out), "--tau-n", "50", "--start-grid", "80",
                  "--threads", "1"]) == 0
