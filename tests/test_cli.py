@@ -85,8 +85,15 @@ def test_train_resumes_where_it_stopped(capsys, tmp_path):
     assert rc == 0 and "resuming" in out and "at step 5" in out and "images/s" in out
     state = load_checkpoint(tmp_path / "checkpoint.pt")
     assert state["step"] == 10 and state["config"]["batch_size"] == 64 and state["config"]["extra"]["preset"] == "tiny"
+    # the first command stays the run's record; the resume, with other options, is listed after it
+    extra = state["config"]["extra"]
+    assert "--steps 5" in extra["command"] and len(extra["resume_commands"]) == 1
+    assert "--steps 10" in extra["resume_commands"][0]
     rc, out, _ = run(capsys, "train", "--data", "gmm", "--method", "ct", "--out", tmp_path, "--steps", 10, "--quiet")
     assert rc == 0 and "nothing to do" in out
+    rc, out, _ = run(capsys, "export", "--ckpt", tmp_path, "--out", tmp_path / "ct.pt", "--tau-n", 0)
+    record = load_checkpoint(tmp_path / "ct.pt")["record"]
+    assert rc == 0 and record["train_command"] == extra["command"] and record["resume_commands"] == extra["resume_commands"]
 
 
 def test_resumed_run_equals_uninterrupted_run(capsys, tmp_path):

@@ -83,10 +83,11 @@ def cmd_export(args, argv):
         print(f"chosen: one step from {start:g}; two steps from {starts['2']:g} with tau = {taus['2'][0]:g}")
     if state["format"] == CHECKPOINT_FORMAT:
         extra = state["config"].get("extra", {})
-        record = dict(train_command=extra.get("command"), wall_minutes=round(extra.get("wall_seconds", 0.0) / 60, 1),
-                      machine=extra.get("machine"))
+        record = dict(train_command=extra.get("command"), resume_commands=extra.get("resume_commands", []),
+                      wall_minutes=round(extra.get("wall_seconds", 0.0) / 60, 1), machine=extra.get("machine"))
     else:  # an exported file: the same float16 weights, the searches made again
         record = {k: state["record"].get(k) for k in ("train_command", "wall_minutes", "machine")}
+        record["resume_commands"] = state["record"].get("resume_commands", [])
         record["first_export_command"] = state["record"].get("first_export_command",
                                                              state["record"].get("export_command"))
     record.update(export_command="python -m cmedu " + " ".join(map(shlex.quote, argv)),

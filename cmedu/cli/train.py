@@ -166,10 +166,13 @@ def cmd_train(args):
     start_step, t0, rec = trainer.step, time.perf_counter(), None
     wall0 = config.extra.get("wall_seconds", 0.0) if saved is None else saved["config"]["extra"].get("wall_seconds", 0.0)
     config.extra["machine"] = describe_machine(device)
+    command = "python -m cmedu " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []))
     if saved is None:
-        config.extra["command"] = "python -m cmedu " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []))
-    else:  # the command that started the run stays its record
+        config.extra["command"] = command
+    else:  # the command that started the run stays its record; a resume with other options is listed after it
         config.extra["command"] = saved["config"]["extra"].get("command")
+        later = list(saved["config"]["extra"].get("resume_commands", []))
+        config.extra["resume_commands"] = later + [command] if command not in [config.extra["command"], *later] else later
     limit = None if args.minutes is None else 60 * args.minutes
     bar = tqdm(total=config.steps, initial=trainer.step, desc=f"{args.method} {args.data}", disable=disable)
     try:
