@@ -278,6 +278,7 @@ def test_fid_check_train_vs_test_caches_its_statistics(capsys, tmp_path, monkeyp
     assert rc == 0 and "FID(train 6, test 8) = " in text and " on CIFAR-10 (JPEG-75 stand-in) (the original" in text
     result = json.loads((tmp_path / "check.json").read_text())
     assert result["n_train"] == 6 and result["n_test"] == 8 and result["fid"] > 0
+    assert result["command"].startswith("python -m cmedu fid-check --data-root") and "1 threads" in result["machine"]
     written = sorted(p.name for p in (tmp_path / "stats").iterdir())
     assert written == ["cifar10-test-n8.npz", "cifar10-train-n6-random.npz"]
 

@@ -1,5 +1,8 @@
-"""Helpers shared by the command-line commands: device and threads, the global RNG, the data sets by name, JSON."""
+"""Helpers shared by the command-line commands: device and threads, the machine, the global RNG, the data sets by
+name, JSON."""
 import json
+import os
+import platform
 
 import torch
 
@@ -8,6 +11,13 @@ from ..toy import DATASETS
 
 TOY_DATA = DATASETS
 DATA = IMAGE_DATA + TOY_DATA
+
+
+def describe_machine(device) -> str:
+    """Where a command ran, for the record in what it writes: the GPU's name or the CPU threads."""
+    if device.type == "cuda":
+        return f"GPU {torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    return f"CPU {platform.machine()}, {torch.get_num_threads()} threads of {os.cpu_count()}, torch {torch.__version__}"
 
 
 def setup(args):

@@ -1,7 +1,6 @@
 """``python -m cmedu train``: build the network, wrap it, plan the steps for a time budget, run ``Trainer.run``."""
 import dataclasses
 import os
-import platform
 import shlex
 import sys
 import time
@@ -17,7 +16,7 @@ from ..profiles import progress_disabled
 from ..recipes import toy_config
 from ..methods import DISTILLATION_METHODS, TEACHER_METHODS, model_class, net_options
 from ..training import TrainConfig, Trainer
-from .common import TOY_DATA, seed_global, setup
+from .common import TOY_DATA, describe_machine, seed_global, setup
 
 PRESETS = tuple(UNET_PRESETS)  # the MLP has tiny/small/base; 'fast' is a U-Net preset only
 assert set(MLP_PRESETS) <= set(PRESETS)
@@ -68,13 +67,6 @@ def _load_teacher(path, data, img_size, device, preset=None):
         raise ValueError(f"--preset {preset} differs from the teacher's '{teacher_preset}': a student that starts from "
                          f"the teacher has its network; leave out --preset, or pass --from-scratch")
     return teacher, teacher_preset
-
-
-def describe_machine(device) -> str:
-    """Where a run trained, for the record in its checkpoint: the GPU's name or the CPU threads."""
-    if device.type == "cuda":
-        return f"GPU {torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    return f"CPU {platform.machine()}, {torch.get_num_threads()} threads of {os.cpu_count()}, torch {torch.__version__}"
 
 
 def cmd_train(args):
