@@ -1,8 +1,9 @@
-"""Helpers shared by the command-line commands: device and threads, the machine, the global RNG, the data sets by
-name, JSON."""
+"""Helpers shared by the command-line commands: device and threads, the command and the machine for records, the
+global RNG, the data sets by name, JSON."""
 import json
 import os
 import platform
+import shlex
 
 import torch
 
@@ -11,6 +12,11 @@ from ..toy import DATASETS
 
 TOY_DATA = DATASETS
 DATA = IMAGE_DATA + TOY_DATA
+
+
+def command_line(argv) -> str:
+    """The command as typed, for the record in what a command writes: ``python -m cmedu`` and its quoted arguments."""
+    return "python -m cmedu " + " ".join(shlex.quote(str(a)) for a in argv)
 
 
 def describe_machine(device) -> str:

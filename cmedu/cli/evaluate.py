@@ -1,6 +1,5 @@
 """``python -m cmedu sample``, ``eval`` and ``train-classifier``: use a trained checkpoint, or train the judge."""
 import math
-import shlex
 import time
 from pathlib import Path
 
@@ -8,7 +7,7 @@ import numpy as np
 import torch
 
 from ..checkpoints import IMAGE_DATA, data_of, default_nfe, generate, load_model
-from .common import setup, write_json
+from .common import command_line, setup, write_json
 
 
 def save_samples(x: torch.Tensor, path, data: str):
@@ -137,7 +136,7 @@ def cmd_train_classifier(args, argv):
     # The floor of FD-MNIST: two independent sets of real digits (10k train vs the 10k test images).
     floor = frechet_distance(extract_features(model, load_mnist(args.data_root, True)[0][:10000]),
                              extract_features(model, load_mnist(args.data_root, False)[0]))
-    command = "python -m cmedu " + " ".join(shlex.quote(a) for a in argv)
+    command = command_line(argv)
     save_classifier(model, args.out, test_accuracy=acc, fd_floor=floor, command=command, epochs=args.epochs,
                     seed=args.seed, minutes=round(minutes, 2), torch=str(torch.__version__),
                     threads=torch.get_num_threads(), device=str(device))

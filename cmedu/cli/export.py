@@ -10,7 +10,6 @@ often far better from s = 10-20 than from T = 80. Two steps try their tau from T
 keep the better pair. The starts are stored per NFE too; other NFEs start at T.
 """
 import os
-import shlex
 
 import torch
 
@@ -19,7 +18,7 @@ from ..checkpoints import (CHECKPOINT_FORMAT, IMAGE_DATA, MODEL_CLASSES, data_of
 from ..continuous import TrigFlowModel
 from ..parameterization import ConsistencyModel
 from ..sampling import START_GRID, prior_sample, search_one_step_start, search_two_step_tau
-from .common import setup
+from .common import command_line, setup
 
 TAU_GRID = (0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0, 3.0, 5.0)
 
@@ -90,7 +89,7 @@ def cmd_export(args, argv):
         record["resume_commands"] = state["record"].get("resume_commands", [])
         record["first_export_command"] = state["record"].get("first_export_command",
                                                              state["record"].get("export_command"))
-    record.update(export_command="python -m cmedu " + " ".join(map(shlex.quote, argv)),
+    record.update(export_command=command_line(argv),
                   tau_scores=scores.get(starts.get("2"), {}), two_step_scores={str(k): v for k, v in scores.items()},
                   start_scores=start_scores)
     export_weights(state, args.out, taus, starts, **record)

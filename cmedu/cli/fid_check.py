@@ -9,12 +9,11 @@ hours. The features are saved in chunks next to the statistics files (``cmedu.fi
 so rerunning the same command continues where the last run stopped, and statistics already
 computed (e.g. the test set's by ``eval --fid-stats``) are read back.
 """
-import shlex
 from pathlib import Path
 
 import torch
 
-from .common import describe_machine, setup, write_json
+from .common import command_line, describe_machine, setup, write_json
 
 PAPER_VALUE = 3.15  # FID(train 50k, test 10k) of the original files with the TF-FID Inception
 
@@ -60,5 +59,5 @@ def cmd_fid_check(args):
     if args.json:
         write_json(args.json, {"fid": value, "n_train": n_train, "n_test": n_test, "data": label,
                                "reference_value_original_files": PAPER_VALUE, "machine": describe_machine(device),
-                               "command": "python -m cmedu " + " ".join(map(shlex.quote, map(str, args.argv)))})
+                               "command": command_line(args.argv)})
     return 0

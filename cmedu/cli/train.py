@@ -1,7 +1,6 @@
 """``python -m cmedu train``: build the network, wrap it, plan the steps for a time budget, run ``Trainer.run``."""
 import dataclasses
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from ..profiles import progress_disabled
 from ..recipes import toy_config
 from ..methods import DISTILLATION_METHODS, TEACHER_METHODS, model_class, net_options
 from ..training import TrainConfig, Trainer
-from .common import TOY_DATA, describe_machine, seed_global, setup
+from .common import TOY_DATA, command_line, describe_machine, seed_global, setup
 
 PRESETS = tuple(UNET_PRESETS)  # the MLP has tiny/small/base; 'fast' is a U-Net preset only
 assert set(MLP_PRESETS) <= set(PRESETS)
@@ -158,7 +157,7 @@ def cmd_train(args):
     start_step, t0, rec = trainer.step, time.perf_counter(), None
     wall0 = config.extra.get("wall_seconds", 0.0) if saved is None else saved["config"]["extra"].get("wall_seconds", 0.0)
     config.extra["machine"] = describe_machine(device)
-    command = "python -m cmedu " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []))
+    command = command_line(getattr(args, "argv", []))
     if saved is None:
         config.extra["command"] = command
     else:  # the command that started the run stays its record; a resume with other options is listed after it
