@@ -1,5 +1,6 @@
-"""Benchmarks: ``python -m cmedu.bench toy --profile cpu --out DIR`` (the 2-D path) and
-``python -m cmedu.bench unet`` (U-Net images/s per preset, see ``cmedu.bench_unet``).
+"""Benchmarks: ``python -m cmedu.bench toy --profile cpu --out DIR`` (the 2-D path),
+``python -m cmedu.bench unet`` (U-Net images/s per preset, see ``cmedu.bench_unet``) and
+``python -m cmedu.bench ddp`` (MNIST training images/s on 1 or 2 processes, see ``cmedu.bench_ddp``).
 
 Trains CD, CT, iCT and the continuous-time sCD (from a pretrained 2-D diffusion model), sCT and MeanFlow on
 the Gaussian mixture, then prints, for each method and number of
@@ -83,8 +84,9 @@ def format_table(rows) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m cmedu.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("task", choices=["toy", "unet"],
-                        help="toy: quality and sampling time on the 2-D Gaussian mixture; unet: U-Net images/s per preset")
+    parser.add_argument("task", choices=["toy", "unet", "ddp"],
+                        help="toy: quality and sampling time on the 2-D Gaussian mixture; unet: U-Net images/s per preset; "
+                             "ddp: MNIST training images/s, 1 process x 1 or 2 threads vs 2 processes (torchrun)")
     parser.add_argument("--profile", choices=PROFILES, default="cpu", help="training sizes (smoke: seconds)")
     parser.add_argument("--out", default="bench-out", help="folder for the .npy samples and table.txt")
     parser.add_argument("--seed", type=int, default=0, help="seed of training and sampling")
@@ -93,6 +95,11 @@ def main(argv=None):
                         help="unet: batch of the one-step vs 35-NFE Heun timing (0 skips it)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.task == "ddp":
+        from .bench_ddp import run_ddp
+
+        print(run_ddp())
+        return
     if args.task == "unet":
         from .bench_unet import run_unet
 

@@ -43,12 +43,17 @@ def build_net(net_config: dict):
 
 def resolve(path) -> Path:
     """``path`` itself, ``path/checkpoint.pt`` for a run folder, or a path inside the repository's checkpoints/
-    (e.g. "mnist_edm.pt" or "gpu/mnist_cd.pt"), so notebooks find the committed files from any folder."""
+    (e.g. "mnist_edm.pt" or "gpu/mnist_cd.pt"), so notebooks find the committed files from any folder. The folder
+    ``CMEDU_CHECKPOINTS`` names, when set, is searched first."""
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint.pt"
     if not path.exists() and not path.is_absolute():
-        for base in (REPO_CHECKPOINTS, REPO_CHECKPOINTS.parent):  # "mnist_cd.pt", "checkpoints/gpu/mnist_cd.pt"
+        bases = [REPO_CHECKPOINTS, REPO_CHECKPOINTS.parent]  # "mnist_cd.pt", "checkpoints/gpu/mnist_cd.pt"
+        if os.environ.get("CMEDU_CHECKPOINTS"):  # set by cmedu.colab.ensure_repository outside a clone
+            extra = Path(os.environ["CMEDU_CHECKPOINTS"])
+            bases = [extra, extra.parent] + bases
+        for base in bases:
             if (base / path).is_file():
                 return base / path
     return path

@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ._checks import as_time, bcast, check_time_range
+from .distributed import global_batch, local_rows
 from .losses import squared_l2
 from .nets import FourierEmbedding
 from .ode import drift
@@ -177,14 +178,35 @@ def scm_target(model: TrigFlowModel, x_t, t, dxdt, warmup: float = 1.0):
     return F_minus, g
 
 
+TANGENT_NORMS = ("l2", "rms")
+
+
+def normalize_tangent(g, c: float, norm: str = "l2"):
+    """sCM's tangent normalisation g <- g / (||g|| + c') (Lu & Song 2024, Sec. 4.2), in one of two forms:
+
+    - 'l2': the full norm, with c' = c sqrt(D / 3072) so that c' is the paper's 0.1 at CIFAR-10's D = 3,072
+      (||g|| grows like sqrt(D)); diffusers' Sana-Sprint uses the full norm with c' = 0.1;
+    - 'rms': g / (rms(g) + c), the root mean square per value, as NVIDIA's FastGen and xandergos/sCM-mnist do
+      (rms = ||g|| / sqrt(D), so at c = 0.1 the constant is sqrt(D) x larger relative to ||g|| than 'l2''s c').
+    """
+    if norm not in TANGENT_NORMS:
+        raise ValueError(f"tangent norm must be one of {TANGENT_NORMS}; got {norm!r}")
+    d = g[0].numel()
+    size = g.flatten(1).norm(dim=1)
+    if norm == "rms":
+        return g / (bcast(size / math.sqrt(d), g) + c)
+    return g / (bcast(size, g) + c * math.sqrt(d / 3072))
+
+
 def scm_loss(model: TrigFlowModel, x0, generator=None, teacher=None, warmup: float = 1.0, p_mean=-1.0, p_std=2.0,
-             norm_c: float = 0.1, adaptive: bool = True):
+             norm_c: float = 0.1, adaptive: bool = True, tangent_norm: str = "l2", prior_weight: bool = False):
     """sCD (``teacher`` an EDM-convention denoiser) or sCT (no teacher): Lu & Song 2024, Alg. 1.
 
     t = arctan(e^τ/σ_d), τ ~ N(P_mean, P_std²); x_t = cos t x_0 + sin t z, z ~ N(0, σ_d² I); dx_t/dt from
     the teacher (``trig_velocity``) or the one-sample cos t z − sin t x_0. With (F⁻, g) = ``scm_target``
     and the warm-up factor r = ``warmup`` in [0, 1]: g ← g / (||g|| + c) (tangent normalisation, off with
-    ``norm_c=None``), and the loss is e^{w(t)}/D ||F_θ − F⁻ − g||² − w(t) (adaptive weight; with
+    ``norm_c=None``; ``tangent_norm`` picks the full or RMS norm, see ``normalize_tangent``), optionally sCM's
+    prior weight 1/σ (``prior_weight``), and the loss is e^{w(t)}/D ||F_θ − F⁻ − g||² − w(t) (adaptive weight; with
     ``adaptive=False`` the plain mean square).
 
     Two choices differ from the paper's CIFAR-10 settings, for small data. ||g|| grows like sqrt(D), so
@@ -195,17 +217,20 @@ def scm_loss(model: TrigFlowModel, x0, generator=None, teacher=None, warmup: flo
     8.1x -> 2.9x the teacher, two steps 0.5x -> 2.1x).
     """
     sd = model.sigma_data
-    sigma = lognormal_sigmas(x0.shape[0], p_mean, p_std, generator).clamp(model.eps, model.T).to(x0)
+    b, mine = global_batch(x0), local_rows(x0)  # under DDP: draw for the global batch, keep this rank's rows
+    sigma = lognormal_sigmas(b, p_mean, p_std, generator)[mine].clamp(model.eps, model.T).to(x0)
     t = trig_time(sigma, sd)
-    z = sd * torch.randn(x0.shape, generator=generator).to(x0)
+    z = sd * torch.randn((b, *x0.shape[1:]), generator=generator)[mine].to(x0)
     cos, sin = bcast(torch.cos(t), x0), bcast(torch.sin(t), x0)
     x_t = cos * x0 + sin * z
     with torch.no_grad():
         dxdt = cos * z - sin * x0 if teacher is None else trig_velocity(teacher, x_t, t, sd)
     F_minus, g = scm_target(model, x_t, t, dxdt, warmup)
     if norm_c:
-        g = g / (bcast(g.flatten(1).norm(dim=1), g) + norm_c * math.sqrt(x0[0].numel() / 3072))
+        g = normalize_tangent(g, norm_c, tangent_norm)
     err = squared_l2(model.F(x_t, t), F_minus + g) / x0[0].numel()  # per-sample mean square
+    if prior_weight:  # sCM's prior weighting 1 / (sigma_d tan t) = 1 / sigma, as FastGen and Sana-Sprint use
+        err = err / (sd * torch.tan(t))
     if not adaptive:
         return err.mean()
     w = model.weight(model.c_noise(t))
@@ -253,12 +278,12 @@ def meanflow_loss(model: MeanFlowModel, x0, generator=None, ratio: float = 0.25,
     (plain flow matching). du/dt = v ∂_z u + ∂_t u is one JVP with tangents (v, 0, 1). The per-sample
     loss is weighted by 1/sg(loss + c)^p (``power=0``: unweighted).
     """
-    n = x0.shape[0]
+    n, mine = global_batch(x0), local_rows(x0)  # under DDP: draw for the global batch, keep this rank's rows
     a, b = logit_normal(n, p_mean, p_std, generator), logit_normal(n, p_mean, p_std, generator)
     t, r = torch.maximum(a, b), torch.minimum(a, b)
-    r = torch.where(torch.rand(n, generator=generator) < ratio, r, t).to(x0)
-    t = t.to(x0)
-    noise = torch.randn(x0.shape, generator=generator).to(x0)
+    r = torch.where(torch.rand(n, generator=generator) < ratio, r, t)[mine].to(x0)
+    t = t[mine].to(x0)
+    noise = torch.randn((n, *x0.shape[1:]), generator=generator)[mine].to(x0)
     z = bcast(1 - t, x0) * x0 + bcast(t, x0) * noise
     v = noise - x0
     u, dudt = jvp(model.u, (z, r, t), (v, torch.zeros_like(r), torch.ones_like(t)))

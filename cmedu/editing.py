@@ -36,7 +36,8 @@ from ._checks import check_taus
 
 __all__ = [
     "iterative_edit", "inpaint", "colorize", "color_basis", "super_resolve", "patch_basis", "block_mean",
-    "stroke_guided", "denoise", "slerp", "interpolate", "check_taus", "EDIT_TAUS",
+    "stroke_guided", "denoise", "slerp", "interpolate", "check_taus", "EDIT_TAUS", "IMAGE_EDIT_TAUS",
+    "IMAGE_INPAINT_TAUS", "IMAGE_INPAINT_REPEATS", "default_schedule",
 ]
 
 # Default intermediate times of the iterative tasks: 40 levels, geometric from 1 down to 0.05 (NFE 41).
@@ -44,6 +45,35 @@ __all__ = [
 # exact 2-D ring mixture (sigma_data ~ 0.5, like images in [-1, 1]) 40 levels put the conditional
 # p(x2 | x1) within ~2x the sampling noise of 4000 exact samples, 10 levels ~6x (tests/test_editing.py).
 EDIT_TAUS = tuple(torch.logspace(0.0, math.log10(0.05), 40, dtype=torch.float64).tolist())
+
+# Images in [-1, 1] decide their content at much higher levels than the 2-D mixture: a digit survives one jump
+# from tau ~ 1 and is forgotten by tau ~ 20 (notebook 07 measures it), so image edits anneal through [0.5, 5].
+# Super-resolution and colorization: 12 levels geometric from 5 to 0.5, then a clean-up level (NFE 14).
+IMAGE_EDIT_TAUS = tuple(torch.logspace(math.log10(5.0), math.log10(0.5), 12, dtype=torch.float64).tolist() + [0.15])
+# Inpainting a large region: 6 levels in [1.2, 5], each run 12 times (RePaint's resampling), then 3 clean-up
+# levels once (NFE 76). Both schedules were chosen in notebook 07 on MNIST test digits 0-499; tests/test_editing.py
+# checks the default calls on held-out training digits.
+IMAGE_INPAINT_TAUS = tuple(torch.logspace(math.log10(5.0), math.log10(1.2), 6, dtype=torch.float64).tolist()
+                           + [0.6, 0.3, 0.15])
+IMAGE_INPAINT_REPEATS = (12,) * 6 + (1,) * 3
+
+
+def default_schedule(task: str, y: torch.Tensor, taus="auto", repeats=None):
+    """(taus, repeats) for an edit: what the caller gave, else the default for the data's kind.
+
+    ``taus='auto'`` picks by the shape of ``y``: images (B, C, H, W) get ``IMAGE_INPAINT_TAUS`` with
+    ``IMAGE_INPAINT_REPEATS`` (task 'inpaint') or ``IMAGE_EDIT_TAUS`` (other tasks); points (B, D) get
+    ``EDIT_TAUS``, the schedule tuned on the 2-D mixture. ``repeats=None`` means 1 per level, or the default's.
+    """
+    if isinstance(taus, str):
+        if taus != "auto":
+            raise ValueError(f"taus must be a sequence of noise levels or 'auto'; got {taus!r}")
+        if y.ndim == 4:
+            taus, auto_reps = (IMAGE_INPAINT_TAUS, IMAGE_INPAINT_REPEATS) if task == "inpaint" else (IMAGE_EDIT_TAUS, 1)
+        else:
+            taus, auto_reps = EDIT_TAUS, 1
+        return taus, auto_reps if repeats is None else repeats
+    return taus, 1 if repeats is None else repeats
 
 
 def _check_level(name: str, t, eps: float, T: float) -> float:
@@ -65,8 +95,8 @@ def _channel_transform(Q: torch.Tensor):
 
 
 @torch.no_grad()
-def iterative_edit(f, y: torch.Tensor, known, taus=EDIT_TAUS, transform=None, eps: float = 0.002, T: float = 80.0,
-                   generator=None, x_T: torch.Tensor = None, return_all: bool = False, repeats=1):
+def iterative_edit(f, y: torch.Tensor, known, taus="auto", transform=None, eps: float = 0.002, T: float = 80.0,
+                   generator=None, x_T: torch.Tensor = None, return_all: bool = False, repeats=None, task: str = None):
     """Alg. 4: multistep consistency sampling (Alg. 1) with a projection onto {x : known part of A x = A y}.
 
     Operator convention. ``transform`` is
@@ -85,7 +115,9 @@ def iterative_edit(f, y: torch.Tensor, known, taus=EDIT_TAUS, transform=None, ep
     Starts at x_T = y' + T z (y' = the zeroed reference) unless ``x_T`` is given.
     The projection is a select, not a blend, so kept coordinates are copied bit for bit when
     A is the identity. With ``return_all`` returns the projected sample after every step.
+    ``taus='auto'`` (and ``repeats=None``) take ``default_schedule(task, y)``: the image schedule for images.
     """
+    taus, repeats = default_schedule(task, y, taus, repeats)
     taus = check_taus(taus, eps, T)
     reps = [repeats] * len(taus) if isinstance(repeats, (int, float)) else list(repeats)
     if len(reps) != len(taus) or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in reps):
@@ -130,7 +162,7 @@ def iterative_edit(f, y: torch.Tensor, known, taus=EDIT_TAUS, transform=None, ep
     return out if return_all else x
 
 
-def inpaint(f, y: torch.Tensor, mask, taus=EDIT_TAUS, **kw):
+def inpaint(f, y: torch.Tensor, mask, taus="auto", **kw):
     """Alg. 4 with A = identity: keep the pixels where ``mask`` is 1, generate the rest.
 
     ``mask`` has y's shape, or one sample's shape (e.g. (C, H, W)), or broadcasts to it
@@ -148,7 +180,7 @@ def inpaint(f, y: torch.Tensor, mask, taus=EDIT_TAUS, **kw):
         raise ValueError(f"mask of shape {tuple(mask.shape)} does not fit y of shape {tuple(y.shape)}: give it y's "
                          f"shape, one sample's shape {tuple(y.shape[1:])}, or a shape that broadcasts to it "
                          f"such as (1, H, W) or (H, W) (1 = known pixel)")
-    return iterative_edit(f, y, mask, taus, transform=None, **kw)
+    return iterative_edit(f, y, mask, taus, transform=None, task="inpaint", **kw)
 
 
 def color_basis(dtype=torch.float32) -> torch.Tensor:
@@ -163,7 +195,7 @@ def color_basis(dtype=torch.float32) -> torch.Tensor:
                          [1 / math.sqrt(6), 1 / math.sqrt(6), -2 / math.sqrt(6)]], dtype=dtype)
 
 
-def colorize(f, y_gray: torch.Tensor, taus=EDIT_TAUS, **kw):
+def colorize(f, y_gray: torch.Tensor, taus="auto", **kw):
     """Alg. 4 with A = ``color_basis()`` on the channels: keep luminance, generate the two chroma axes.
 
     ``y_gray`` is (B, 1, H, W) (the gray value) or (B, 3, H, W) (its channel mean is the gray
@@ -174,7 +206,7 @@ def colorize(f, y_gray: torch.Tensor, taus=EDIT_TAUS, **kw):
                          f"got shape {tuple(y_gray.shape)}")
     y = y_gray.mean(1, keepdim=True).expand(-1, 3, -1, -1)  # gray g -> (g, g, g): A y = (√3 g, 0, 0)
     known = torch.tensor([1.0, 0.0, 0.0], device=y.device).view(3, 1, 1)
-    return iterative_edit(f, y, known, taus, transform=color_basis(y.dtype), **kw)
+    return iterative_edit(f, y, known, taus, transform=color_basis(y.dtype), task="colorize", **kw)
 
 
 def patch_basis(factor: int, dtype=torch.float32) -> torch.Tensor:
@@ -219,7 +251,7 @@ def _check_factor(x, factor):
                          f"factor {factor} for shape {tuple(x.shape)}: crop or pad the image, or pick a divisor")
 
 
-def super_resolve(f, y_lowres: torch.Tensor, factor: int, taus=EDIT_TAUS, **kw):
+def super_resolve(f, y_lowres: torch.Tensor, factor: int, taus="auto", **kw):
     """Alg. 4 with A = a per-patch orthogonal basis (``patch_basis``): keep the factor×factor block
     means (= ``y_lowres``), generate everything orthogonal to them.
 
@@ -238,7 +270,8 @@ def super_resolve(f, y_lowres: torch.Tensor, factor: int, taus=EDIT_TAUS, **kw):
                          f"{tuple(y.shape)}")
     known = torch.zeros(factor * factor, device=y.device)
     known[0] = 1
-    return iterative_edit(f, y, known, taus, transform=_patch_transform(factor, *y.shape[2:], y.dtype), **kw)
+    return iterative_edit(f, y, known, taus, transform=_patch_transform(factor, *y.shape[2:], y.dtype),
+                          task="super_resolve", **kw)
 
 
 @torch.no_grad()

@@ -12,6 +12,7 @@ import math
 import torch
 
 from ._checks import bcast, check_choice
+from .distributed import global_batch, local_rows
 from .ode import euler_step, heun_step
 from .schedules import lognormal_sigmas, sample_step_indices
 
@@ -58,10 +59,23 @@ def _weights(weighting, t_n, t_next):
 
 
 def _noisy_pair(x0, sigmas, generator, step_probs):
-    n = sample_step_indices(len(sigmas) - 1, x0.shape[0], step_probs, generator)
+    b, mine = global_batch(x0), local_rows(x0)  # under DDP: draw for the global batch, keep this rank's rows
+    n = sample_step_indices(len(sigmas) - 1, b, step_probs, generator)[mine]
     t_n, t_next = sigmas[n].to(x0), sigmas[n + 1].to(x0)
-    z = torch.randn(x0.shape, generator=generator).to(x0)
+    z = torch.randn((b, *x0.shape[1:]), generator=generator)[mine].to(x0)
     return t_n, t_next, z
+
+
+def _rng_states(device):
+    """CPU and (on a GPU) CUDA generator states, so dropout can draw the same mask twice."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_states(states, device):
+    torch.set_rng_state(states[0])
+    if states[1] is not None:
+        torch.cuda.set_rng_state(states[1], device)
 
 
 def cd_loss(model, target_model, teacher, x0, sigmas, generator=None, solver="heun", distance="l2",
@@ -69,7 +83,9 @@ def cd_loss(model, target_model, teacher, x0, sigmas, generator=None, solver="he
     """Consistency distillation loss (CM paper, Alg. 2).
 
     x̂_{t_n} is one Euler or Heun step of the teacher's PF-ODE from x_{t_{n+1}} down to t_n.
-    ``teacher(x, t)`` is a denoiser; ``target_model`` is the EMA copy f_theta- (no gradient).
+    ``teacher(x, t)`` is a denoiser; ``target_model`` is the EMA copy f_theta- (no gradient). The online and
+    target passes share one dropout mask (the CPU and CUDA RNG states are restored between them), as in the
+    CM paper's code and as iCT recommends (Song & Dhariwal 2023, Sec. 3.1).
     """
     check_choice("solver", solver, tuple(SOLVERS))
     dist = get_distance(distance)
@@ -77,7 +93,9 @@ def cd_loss(model, target_model, teacher, x0, sigmas, generator=None, solver="he
     x_next = x0 + bcast(t_next, x0) * z
     with torch.no_grad():
         x_hat = SOLVERS[solver](teacher, x_next, t_next, t_n)
+        states = _rng_states(x0.device)
         target = target_model(x_hat, t_n)
+    _set_rng_states(states, x0.device)  # the online pass draws the target's dropout mask
     return (_weights(weighting, t_n, t_next) * dist(model(x_next, t_next), target)).mean()
 
 
@@ -85,20 +103,24 @@ def ct_loss(model, target_model, x0, sigmas, generator=None, distance="l2", weig
     """Consistency training loss (CM paper, Alg. 3): x̂_{t_n} = x_0 + t_n z with the *same* z, no teacher.
 
     iCT (Song & Dhariwal 2023) is this loss with distance='pseudo_huber', weighting='ict',
-    lognormal ``step_probs`` and target_model = the online model under stop-grad.
+    lognormal ``step_probs`` and target_model = the online model under stop-grad. As in ``cd_loss``, the online
+    and target passes share one dropout mask.
     """
     dist = get_distance(distance)
     t_n, t_next, z = _noisy_pair(x0, sigmas, generator, step_probs)
+    states = _rng_states(x0.device)
     with torch.no_grad():
         target = target_model(x0 + bcast(t_n, x0) * z, t_n)
+    _set_rng_states(states, x0.device)  # the online pass draws the target's dropout mask
     online = model(x0 + bcast(t_next, x0) * z, t_next)
     return (_weights(weighting, t_n, t_next) * dist(online, target)).mean()
 
 
 def edm_loss(denoiser, x0, generator=None, sigma_data=0.5, p_mean=-1.2, p_std=1.2, eps=0.002, T=80.0):
     """EDM denoising score matching: lambda(s) ||D(x_0 + s z, s) - x_0||^2, lambda = (s^2+sd^2)/(s sd)^2, log s ~ N."""
-    sigma = lognormal_sigmas(x0.shape[0], p_mean, p_std, generator).clamp(eps, T).to(x0)
-    z = torch.randn(x0.shape, generator=generator).to(x0)
+    b, mine = global_batch(x0), local_rows(x0)  # under DDP: draw for the global batch, keep this rank's rows
+    sigma = lognormal_sigmas(b, p_mean, p_std, generator)[mine].clamp(eps, T).to(x0)
+    z = torch.randn((b, *x0.shape[1:]), generator=generator)[mine].to(x0)
     weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
     return (weight * squared_l2(denoiser(x0 + bcast(sigma, x0) * z, sigma), x0)).mean()
 
@@ -114,18 +136,6 @@ def ect_r(t, stage: int, q: float = 2.0, k: float = 8.0, b: float = 1.0):
     return (t * ratio).clamp(min=0.0)
 
 
-def _rng_states(device):
-    """CPU and (on a GPU) CUDA generator states, so dropout can draw the same mask twice."""
-    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return torch.get_rng_state(), cuda
-
-
-def _set_rng_states(states, device):
-    torch.set_rng_state(states[0])
-    if states[1] is not None:
-        torch.cuda.set_rng_state(states[1], device)
-
-
 def ect_loss(model, x0, stage: int, generator=None, q=2.0, k=8.0, b=1.0, p_mean=-1.1, p_std=2.0):
     """Easy Consistency Tuning loss (Geng et al. 2024): ||f(x_t, t) - sg f(x_r, r)||_2 / (t - r), per sample.
 
@@ -134,9 +144,10 @@ def ect_loss(model, x0, stage: int, generator=None, q=2.0, k=8.0, b=1.0, p_mean=
     Where r < eps the target is the clean image x_0 (the boundary condition f(x, eps) = x).
     """
     eps, T = model.eps, model.T
-    t = lognormal_sigmas(x0.shape[0], p_mean, p_std, generator).clamp(eps, T).to(x0)
+    n, mine = global_batch(x0), local_rows(x0)  # under DDP: draw for the global batch, keep this rank's rows
+    t = lognormal_sigmas(n, p_mean, p_std, generator)[mine].clamp(eps, T).to(x0)
     r = ect_r(t, stage, q, k, b)
-    z = torch.randn(x0.shape, generator=generator).to(x0)
+    z = torch.randn((n, *x0.shape[1:]), generator=generator)[mine].to(x0)
     states = _rng_states(x0.device)
     online = model(x0 + bcast(t, x0) * z, t)
     with torch.no_grad():

@@ -34,6 +34,31 @@ def cm_ema_decay(k: int, K: int, s0: int = 2, s1: int = 150, mu0: float = 0.95) 
     return math.exp(s0 * math.log(mu0) / cm_num_steps(k, K, s0, s1))
 
 
+# The CM paper's CT runs were about 800k steps long (Song et al. 2023, App. C); mu(k) was tuned for that length.
+CM_PAPER_STEPS = 800_000
+CT_TARGET_SCHEDULES = ("scaled", "paper", "zero")
+
+
+def ct_target_decay(k: int, K: int, s0: int = 2, s1: int = 150, mu0: float = 0.95, schedule: str = "scaled",
+                    paper_steps: int = CM_PAPER_STEPS) -> float:
+    """The CT target network's EMA decay mu at step k of a K-step run, by ``schedule``:
+
+    - 'paper': mu(k) = exp(s0 log(mu0) / N(k)) as in the CM paper (App. C). mu depends on N(k) alone, so a run
+      much shorter than the paper's keeps theta-'s memory (half-life up to ~1,000 steps) while its curriculum is
+      squeezed: on a 3k-step run theta- lags a third of the run behind theta, and the samples collapse.
+    - 'scaled': the paper's mu(k) with theta-'s half-life scaled by K / ``paper_steps``, so that it is the same
+      *fraction of the run* as in the paper (at most ~0.13 %): mu = mu_paper(k) ** (paper_steps / K).
+      Runs of ``paper_steps`` or more get the paper's mu(k).
+    - 'zero': mu = 0, theta- = theta under stop-grad (iCT, Song & Dhariwal 2023, Sec. 3.2).
+    """
+    if schedule not in CT_TARGET_SCHEDULES:
+        raise ValueError(f"ct target schedule must be one of {CT_TARGET_SCHEDULES}; got {schedule!r}")
+    if schedule == "zero":
+        return 0.0
+    mu = cm_ema_decay(k, K, s0, s1, mu0)
+    return mu if schedule == "paper" else mu ** max(1.0, paper_steps / K)
+
+
 def ict_num_steps(k: int, K: int, s0: int = 10, s1: int = 1280) -> int:
     """iCT doubling curriculum N(k) = min(s0 * 2^floor(k/K'), s1) + 1, K' = floor(K / (log2 floor(s1/s0) + 1))."""
     k_prime = math.floor(K / (math.log2(math.floor(s1 / s0)) + 1))

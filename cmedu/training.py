@@ -8,6 +8,12 @@ resumed run continues bit-identically on CPU.
 Runs can be planned to a wall-time budget: ``Trainer.seconds_per_step`` times a few steps and
 restores the state, and ``plan_steps`` turns minutes into a total step count, so that every
 schedule (learning rate, EMA ramp-up, the CT/iCT curricula, ECT's stages) runs its full course.
+
+Under ``torchrun`` (a process group of P > 1 processes, see ``cmedu.distributed``) the same loop runs on every
+process: each draws the global batch and its noise from the shared generator and computes the loss on its own
+1/P of the rows, inside ``DistributedDataParallel``, which averages the gradients. The average of the P slice means
+is the mean over the global batch because the slices are equal, so P processes take the same optimizer steps as
+one (up to float rounding); the EMA and target updates then need no communication.
 """
 import copy
 import math
@@ -16,15 +22,19 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from . import distributed
 from ._checks import check_choice
 from .checkpoints import CHECKPOINT_FORMAT, check_checkpoint, save_atomic
 from .continuous import meanflow_loss, scm_loss
 from .losses import cd_loss, ct_loss, ect_loss, edm_loss
 from .methods import DISTILLATION_METHODS, METHODS, SCM_METHODS, TEACHER_METHODS, copy_teacher_weights
 from .profiles import progress_disabled
-from .schedules import cm_ema_decay, cm_num_steps, ict_num_steps, karras_sigmas, lognormal_step_probs
+from .schedules import (CT_TARGET_SCHEDULES, cm_num_steps, ct_target_decay, ict_num_steps, karras_sigmas,
+                        lognormal_step_probs)
 
 
 @dataclass
@@ -51,6 +61,10 @@ class TrainConfig:
     ct_s0: int = 2
     ct_s1: int = 150
     ct_mu0: float = 0.95
+    # CT's target network: 'scaled' (the paper's mu(k) with theta-'s half-life the same fraction of the run as
+    # in the paper), 'paper' (mu(k) as printed, tuned for ~800k steps), 'zero' (theta- = theta). See
+    # schedules.ct_target_decay.
+    ct_target: str = "scaled"
     ict_s0: int = 10
     ict_s1: int = 1280
     # ECT (Geng et al. 2024): r(t) mapping constants, number of stages over the run, lognormal t.
@@ -68,6 +82,10 @@ class TrainConfig:
     tangent_warmup: float = 0.1
     tangent_norm: float = 0.1
     adaptive_weight: bool = True
+    # the tangent's norm, 'l2' (full norm, constant scaled by sqrt(D / 3072)) or 'rms' (FastGen), and sCM's prior
+    # weight 1/sigma (continuous.normalize_tangent, continuous.scm_loss)
+    scm_norm_kind: str = "l2"
+    scm_prior_weight: bool = False
     # MeanFlow (Geng et al. 2025): fraction of r != t, logit-normal (t, r), adaptive loss power p and c.
     mf_ratio: float = 0.25
     mf_p_mean: float = -0.4
@@ -84,6 +102,7 @@ class TrainConfig:
     def __post_init__(self):
         check_choice("method", self.method, METHODS)
         check_choice("solver", self.solver, ("euler", "heun"))
+        check_choice("ct_target", self.ct_target, CT_TARGET_SCHEDULES)
         if self.distance is None:
             self.distance = "pseudo_huber" if self.method == "ict" else "l2"
         if self.steps < 1 or self.batch_size < 1:
@@ -133,6 +152,25 @@ def sample_batch(data, n: int, generator):
     return data(n, generator)
 
 
+class LossStep(nn.Module):
+    """The whole loss of a step as a module's ``forward``, so that ``DistributedDataParallel`` wraps all of it.
+
+    DDP synchronises gradients only for a backward pass of an output of its own ``forward``. ``torch.func.jvp``
+    cannot run through a DDP module (pytorch issues #102197, #182661), and a JVP loss computed on ``ddp.module``
+    instead trains every rank on its own gradients, silently (py-meanflow's README warns of this). Running the
+    loss, JVP included, inside the wrapped module's forward (as NVIDIA's FastGen does) keeps the JVP on the plain
+    module and the gradient sync intact; ``tests/test_ddp.py`` checks both.
+    """
+
+    def __init__(self, trainer, model):
+        super().__init__()
+        self.model = model  # registered, so DDP sees (and synchronises) exactly the model's parameters
+        self._loss = trainer.loss
+
+    def forward(self, x0, n_points: int, stage: int):
+        return self._loss(x0, n_points, stage)
+
+
 class Trainer:
     """Trains ``model`` (the wrapper ``model_class(method)``: an ``EDMDenoiser`` for 'edm', a ``TrigFlowModel``
     for sCD/sCT, a ``MeanFlowModel`` for MeanFlow, a ``ConsistencyModel`` otherwise).
@@ -145,6 +183,10 @@ class Trainer:
     teacher: the denoiser D(x, t) for CD (e.g. ``GaussianMixture.denoiser`` or a trained ``EDMDenoiser``).
     amp_dtype: e.g. ``torch.bfloat16`` to run the forward passes and the loss under ``torch.autocast``
         (mixed precision on a GPU); ``None`` (default) keeps everything in float32.
+
+    Under a process group of P > 1 processes (``torchrun``; ``cmedu.distributed.init``), ``config.batch_size`` is
+    the global batch (P must divide it) and the loss runs inside ``DistributedDataParallel``; rank 0 writes the
+    checkpoints.
     """
 
     def __init__(self, model, data, config: TrainConfig, teacher=None, device=None, amp_dtype=None):
@@ -154,6 +196,17 @@ class Trainer:
         self.device = torch.device(device) if device else next(model.parameters()).device
         if config.method in TEACHER_METHODS and config.init_from_teacher and hasattr(teacher, "net"):
             copy_teacher_weights(model, teacher)  # before the EMA and target copies: all three start equal
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        self._forward = self.loss
+        if self.world_size > 1:
+            distributed.check_batch(config.batch_size, self.world_size)
+            # DDP broadcasts rank 0's weights (before the EMA and target copies, so these agree on every rank too).
+            # Only sCM without the adaptive weight leaves parameters (w(t)) out of the loss; DDP must be told.
+            unused = config.method in SCM_METHODS and not config.adaptive_weight
+            ids = [torch.device(self.device.type, self.device.index or 0).index] if self.device.type == "cuda" else None
+            # (the networks' only buffers are constant frequencies, so DDP's per-step buffer sync is a tiny no-op)
+            self._forward = DistributedDataParallel(LossStep(self, model), device_ids=ids,
+                                                    find_unused_parameters=unused)
         self.ema = copy.deepcopy(model).requires_grad_(False)
         # CD and CT keep an EMA target network; iCT uses the online network under stop-grad.
         self.target = copy.deepcopy(model).requires_grad_(False) if config.method in ("cd", "ct") else None
@@ -169,7 +222,8 @@ class Trainer:
         if c.method == "cd":
             return c.num_points, c.target_decay
         if c.method == "ct":
-            return cm_num_steps(k, c.steps, c.ct_s0, c.ct_s1), cm_ema_decay(k, c.steps, c.ct_s0, c.ct_s1, c.ct_mu0)
+            return (cm_num_steps(k, c.steps, c.ct_s0, c.ct_s1),
+                    ct_target_decay(k, c.steps, c.ct_s0, c.ct_s1, c.ct_mu0, c.ct_target))
         if c.method == "ict":
             return ict_num_steps(k, c.steps, c.ict_s0, c.ict_s1), 0.0
         return 0, 0.0
@@ -200,7 +254,7 @@ class Trainer:
         if c.method in SCM_METHODS:
             return scm_loss(self.model, x0, self.generator, self.teacher if c.method in DISTILLATION_METHODS else None,
                             self.tangent_warmup_at(self.step), c.scm_p_mean, c.scm_p_std, c.tangent_norm,
-                            c.adaptive_weight)
+                            c.adaptive_weight, c.scm_norm_kind, c.scm_prior_weight)
         if c.method == "meanflow":
             return meanflow_loss(self.model, x0, self.generator, c.mf_ratio, c.mf_p_mean, c.mf_p_std, c.mf_power,
                                  c.mf_c)
@@ -214,17 +268,24 @@ class Trainer:
 
     def train_step(self) -> TrainRecord:
         k = self.step
-        x0 = sample_batch(self.data, self.config.batch_size, self.generator).to(self.device)
+        x0 = sample_batch(self.data, self.config.batch_size, self.generator)  # the global batch (on every rank)
+        if self.world_size > 1:
+            x0 = x0[distributed.rows(len(x0), self.rank, self.world_size)]  # this rank's share
+        x0 = x0.to(self.device)
         lr = self.lr_at(k)
         n_points, mu = self.discretisation(k)
         stage = self.stage_at(k)
         for group in self.opt.param_groups:
             group["lr"] = lr
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            loss = self.loss(x0, n_points, stage)
-        if not torch.isfinite(loss):
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None), \
+                distributed.shard(self.rank, self.world_size):
+            loss = self._forward(x0, n_points, stage)
+        # The global batch's loss on every rank: a NaN on any rank stops all of them at the same step (a rank that
+        # raised alone would leave the others waiting in the gradient all-reduce).
+        loss_all = distributed.mean_over_ranks(loss)
+        if not torch.isfinite(loss_all):
             raise FloatingPointError(
-                f"loss is {loss.item()} at step {k} ({self.config.method}); lower the learning rate "
+                f"loss is {loss_all.item()} at step {k} ({self.config.method}); lower the learning rate "
                 "or set grad_clip, then resume from the last checkpoint"
             )
         self.opt.zero_grad(set_to_none=True)
@@ -237,7 +298,7 @@ class Trainer:
         c = self.config
         ema_update(self.ema, self.model, ema_decay_at(c.ema_decay, k + 1, c.ema_rampup))
         self.step += 1
-        return TrainRecord(self.step, loss.item(), n_points, mu, lr, stage)
+        return TrainRecord(self.step, loss_all.item(), n_points, mu, lr, stage)
 
     def run(self, steps: int = None, progress: bool = None, checkpoint: str = None, every: int = 1000,
             seconds: float = None):
@@ -251,7 +312,9 @@ class Trainer:
         t0 = time.perf_counter()
         with tqdm(total=end - self.step, disable=disable, desc=self.config.method) as bar:
             while self.step < end:
-                if seconds is not None and time.perf_counter() - t0 > seconds:
+                # the time is up when rank 0 says so, so that every rank stops at the same step
+                if seconds is not None and distributed.broadcast_flag(time.perf_counter() - t0 > seconds,
+                                                                      self.device):
                     if checkpoint:
                         self.save(checkpoint)
                     return
@@ -280,10 +343,13 @@ class Trainer:
 
     def plan_steps(self, minutes: float, fraction: float = 0.95, **timing) -> int:
         """Set ``config.steps`` so that the whole run takes about ``fraction`` of ``minutes`` (the rest is slack
-        for checkpoints and a slower machine) and return it. Every schedule is stretched over this total."""
+        for checkpoints and a slower machine) and return it. Every schedule is stretched over this total.
+
+        Under torchrun every rank times the (collective) steps, and all take rank 0's plan."""
         if minutes <= 0:
             raise ValueError(f"minutes must be > 0; got {minutes}")
-        self.config.steps = max(1, int(fraction * minutes * 60 / self.seconds_per_step(**timing)))
+        steps = max(1, int(fraction * minutes * 60 / self.seconds_per_step(**timing)))
+        self.config.steps = distributed.broadcast(steps)
         return self.config.steps
 
     def fit(self, steps: int = None, **kw):
@@ -303,6 +369,7 @@ class Trainer:
             "target": None if self.target is None else self.target.state_dict(),
             "opt": self.opt.state_dict(),
             "generator": self.generator.get_state(),
+            "world_size": self.world_size,  # a record only: any number of processes can resume (same global batch)
         }
 
     def load_state_dict(self, state):
@@ -316,7 +383,9 @@ class Trainer:
         self.step = state["step"]
 
     def save(self, path: str):
-        save_atomic(self.state_dict(), path)
+        """Write the checkpoint atomically (rank 0 only under torchrun: every rank holds the same state)."""
+        if self.rank == 0:
+            save_atomic(self.state_dict(), path)
 
     def resume(self, path: str) -> bool:
         """Load ``path`` if it exists; returns whether it did."""

@@ -5,6 +5,18 @@ import torch
 from matplotlib.collections import LineCollection
 
 
+HOUSE_STYLE = {
+    "figure.dpi": 80, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 9, "xtick.labelsize": 9,
+    "ytick.labelsize": 9, "axes.spines.top": False, "axes.spines.right": False, "axes.grid": False,
+    "image.cmap": "viridis", "figure.constrained_layout.use": False,
+}
+
+
+def use_house_style():
+    """One look for every notebook's figures: call once in the first code cell (after ``%matplotlib inline``)."""
+    plt.rcParams.update(HOUSE_STYLE)
+
+
 def _np(x):
     return x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
 

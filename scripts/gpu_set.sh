@@ -5,20 +5,32 @@
 # and GPU-minute budgets; SCALE multiplies every budget.
 #
 #   bash scripts/gpu_set.sh OUTDIR                          # MNIST, on a GPU machine, from the repository root
+#   bash scripts/gpu_set.sh OUTDIR 4                        # each training run on 4 GPUs (torchrun, DDP)
 #   DATA=cifar10 CONSISTENCY_TRAINING=0 bash scripts/gpu_set.sh OUTDIR   # CIFAR-10: teacher, then ECT and CD
 #   DEVICE=cpu PRESET=fast SCALE=0.02 N_EVAL=200 bash scripts/gpu_set.sh /tmp/x   # a smoke test on a CPU
 #   CONSISTENCY_TRAINING=0 bash scripts/gpu_set.sh OUTDIR   # only the teacher, CD and ECT
 #
 # The teacher, iCT and CT train at the same time (one GPU is not saturated by one small U-Net),
 # then CD and ECT start from the teacher.
+#
+# NPROC (optional second argument, default 1): processes per training run. With NPROC > 1 each run is
+# `torchrun --standalone --nproc_per_node NPROC -m cmedu train ...` (one process per GPU, DDP over NCCL); BATCH
+# stays the global batch (NPROC must divide it), so the runs compute what one GPU would, faster. The budgets are
+# the same minutes: more GPUs train more steps in them.
 set -uo pipefail
-OUT=${1:?usage: bash scripts/gpu_set.sh OUTDIR}
+OUT=${1:?usage: bash scripts/gpu_set.sh OUTDIR [NPROC]}
+NPROC=${2:-1}
 DATA=${DATA:-mnist}; DATA_ROOT=${DATA_ROOT:+--data-root $DATA_ROOT}; DEVICE=${DEVICE:-cuda}; PRESET=${PRESET:-small}; SCALE=${SCALE:-1}; N_EVAL=${N_EVAL:-10000}
 BATCH=${BATCH:-256}; TAU_N=${TAU_N:-2000}; THREADS=${THREADS:-2}; CONSISTENCY_TRAINING=${CONSISTENCY_TRAINING:-1}
 RUNS=${RUNS:-runs/gpu}
 PY=${PY:-python3}
 m() { $PY -c "print(round($1 * $SCALE, 3))"; }
-T="$PY -m cmedu train --data $DATA $DATA_ROOT --device $DEVICE --preset $PRESET --batch-size $BATCH --threads $THREADS --quiet"
+if [ "$NPROC" -gt 1 ]; then
+  LAUNCH="$PY -m torch.distributed.run --standalone --nproc_per_node $NPROC -m cmedu"  # --standalone: a free port per run
+else
+  LAUNCH="$PY -m cmedu"
+fi
+T="$LAUNCH train --data $DATA $DATA_ROOT --device $DEVICE --preset $PRESET --batch-size $BATCH --threads $THREADS --quiet"
 mkdir -p "$OUT" "$RUNS"
 log() { echo "[$(date +%T)] $*"; }
 

@@ -1,4 +1,4 @@
-"""Shared pytest setup for the cmedu unit tests: one CPU thread, quiet progress bars."""
+"""Shared pytest setup for the cmedu unit tests: one CPU thread, quiet progress bars (the profile: ../conftest.py)."""
 import os
 
 import pytest

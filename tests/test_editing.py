@@ -344,3 +344,41 @@ def test_many_levels_reach_the_noise_floor(c):
     """160 levels: within 2x the noise floor of 2000 exact samples (1.4-1.8x at c = 0.65 over three seeds)."""
     many, floor, _ = conditional_error(c, 2000, geo_taus(160))
     assert many < 2 * floor, (many, floor)
+
+
+def test_default_schedule_follows_the_data():
+    from cmedu.editing import IMAGE_EDIT_TAUS, IMAGE_INPAINT_REPEATS, IMAGE_INPAINT_TAUS, default_schedule
+
+    img, pts = torch.zeros(2, 1, 8, 8), torch.zeros(2, 2)
+    assert default_schedule("inpaint", img) == (IMAGE_INPAINT_TAUS, IMAGE_INPAINT_REPEATS)
+    assert default_schedule("super_resolve", img) == (IMAGE_EDIT_TAUS, 1)
+    assert default_schedule("inpaint", pts) == (EDIT_TAUS, 1)
+    assert default_schedule("inpaint", img, (1.0, 0.5)) == ((1.0, 0.5), 1)  # a given schedule wins
+    assert default_schedule("inpaint", img, repeats=2) == (IMAGE_INPAINT_TAUS, 2)
+    with pytest.raises(ValueError, match="auto"):
+        default_schedule("inpaint", img, "fast")
+
+
+@slow
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["inpaint_top_half", "super_resolve_7x7"])
+def test_default_image_schedule_recognised_on_held_out_digits(task):
+    """The default call (no schedule given) on the notebooks' MNIST CD model keeps >= 80 % of held-out test digits
+    recognisable (notebook 07 chose the image schedules on test digits 0-499; these are 1000-1299, n = 300)."""
+    from cmedu.checkpoints import load_model
+    from cmedu.classifier import load_classifier, predict
+    from cmedu.data import load_mnist
+
+    f, _ = load_model("checkpoints/gpu/mnist_cd.pt")
+    x, y = load_mnist(train=False)
+    x, y = x[1000:1300], y[1000:1300]
+    g = torch.Generator().manual_seed(0)
+    if task == "inpaint_top_half":
+        keep = torch.zeros(1, 28, 28)
+        keep[:, :14] = 1
+        out = inpaint(f, x, keep, generator=g)
+    else:
+        out = super_resolve(f, block_mean(x, 4), 4, generator=g)
+    rate = (predict(load_classifier(), out.clamp(-1, 1)) == y).double().mean().item()
+    print(f"{task}: {rate:.3f} recognised (n = {len(y)})")
+    assert rate >= 0.80

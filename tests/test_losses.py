@@ -199,3 +199,39 @@ def test_unknown_choices_name_allowed_values():
         cd_loss(identity, identity, lambda x, t: x, x0, sigmas, solver="rk4")
     with pytest.raises(ValueError, match=r"l2, l1, pseudo_huber"):
         cd_loss(identity, identity, lambda x, t: x, x0, sigmas, distance="l3")
+
+
+class _DropoutOnly(torch.nn.Module):
+    """F = dropout(w * 1): its output depends only on the dropout mask, not on x or t."""
+
+    def __init__(self):
+        super().__init__()
+        self.drop, self.config = torch.nn.Dropout(0.5), {}
+        self.w = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x, c_noise):
+        return self.drop(self.w * torch.ones_like(x))
+
+
+class _MaskOnly(ConsistencyModel):
+    def forward(self, x, t):  # f = F(.) alone: online == target exactly when both passes draw the same mask
+        return self.net(x, t)
+
+
+@pytest.mark.parametrize("method", ["cd", "ct", "ict"])
+def test_cd_ct_ict_share_the_dropout_mask(method):
+    """The online and target passes use one dropout mask (the CM paper's code; iCT Sec. 3.1), so a model whose
+    output is its dropout mask alone has zero loss. With independent masks the loss would be about 0.5 * d."""
+    model = _MaskOnly(_DropoutOnly()).train()
+    target = model if method == "ict" else copy.deepcopy(model)
+    x0, sigmas = torch.zeros(256, 8), karras_sigmas(10)
+    torch.manual_seed(0)
+    if method == "cd":
+        loss = cd_loss(model, target, lambda x, t: x, x0, sigmas, gen(1))
+    else:
+        loss = ct_loss(model, target, x0, sigmas, gen(1))
+    assert loss.item() == 0.0
+    # the check can fail: two passes with independent masks differ
+    torch.manual_seed(0)
+    a, b = model(x0, 1.0), model(x0, 1.0)
+    assert squared_l2(a, b).mean().item() > 1.0

@@ -132,3 +132,21 @@ def test_lognormal_sigmas_moments():
     logs = torch.log(s.double())
     assert logs.mean().item() == pytest.approx(-1.2, abs=0.04)
     assert logs.std().item() == pytest.approx(1.2, abs=0.04)
+
+
+def test_ct_target_decay_schedules():
+    from cmedu.schedules import CM_PAPER_STEPS, cm_ema_decay, ct_target_decay
+
+    K = 3000
+    for k in (0, 100, 1500, 2999):
+        paper = cm_ema_decay(k, K)
+        assert ct_target_decay(k, K, schedule="paper") == paper
+        assert ct_target_decay(k, K, schedule="zero") == 0.0
+        scaled = ct_target_decay(k, K, schedule="scaled")
+        # theta-'s half-life, ln 0.5 / ln mu, is the paper's times K / 800k: the same fraction of the run
+        half = lambda mu: math.log(0.5) / math.log(mu)  # noqa: E731
+        assert half(scaled) == pytest.approx(half(paper) * K / CM_PAPER_STEPS, rel=1e-9)
+    # a run as long as the paper's gets the paper's mu(k)
+    assert ct_target_decay(5, CM_PAPER_STEPS, schedule="scaled") == cm_ema_decay(5, CM_PAPER_STEPS)
+    with pytest.raises(ValueError, match="scaled"):
+        ct_target_decay(0, K, schedule="fixed")

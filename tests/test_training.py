@@ -49,8 +49,9 @@ def test_each_method_runs_and_loss_is_finite(method):
 
 
 def test_curricula_follow_schedules():
-    tr = build("ct", steps=1000)
+    tr = build("ct", steps=1000, ct_target="paper")
     assert tr.discretisation(0) == (2, pytest.approx(0.95))
+    assert build("ct", steps=1000).discretisation(0)[1] == pytest.approx(0.95 ** 800)  # 'scaled': paper's 800k steps
     assert tr.discretisation(1000)[0] == 151
     tr = build("ict", steps=8000)
     assert [tr.discretisation(k)[0] for k in (0, 999, 1000, 7999, 20000)] == [11, 11, 21, 1281, 1281]
@@ -189,3 +190,11 @@ def test_lr_schedule():
     assert tr.lr_at(0) == pytest.approx(1e-3 * 0.25)
     assert tr.lr_at(3) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 0.3)))
     assert tr.lr_at(10) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_without_torchrun_there_is_no_ddp():
+    """One process: the loss is called directly (no DDP wrapper), and the checkpoint records world size 1.
+    Several processes: tests/test_ddp.py."""
+    tr = build("ct")
+    assert tr.world_size == 1 and tr.rank == 0 and tr._forward == tr.loss
+    assert tr.state_dict()["world_size"] == 1

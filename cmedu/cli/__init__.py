@@ -60,7 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
                "  python -m cmedu train --data gmm --method cd --out runs/gmm-cd\n"
                "  python -m cmedu train --data mnist --method edm --minutes 90 --out runs/mnist-edm\n"
                "  python -m cmedu train --data mnist --method cd --teacher runs/mnist-edm --minutes 45 "
-               "--out runs/mnist-cd",
+               "--out runs/mnist-cd\n"
+               "  torchrun --nproc_per_node 2 -m cmedu train --data mnist --method edm --batch-size 256 "
+               "--out runs/mnist-edm-ddp\n"
+               "    (2 processes, DDP: gloo on CPU, NCCL on GPUs; --batch-size is the global batch)",
     )
     t.add_argument("--data", required=True, choices=DATA,
                    help="training data: mnist (U-Net on 28x28, or 32x32 with --pad32), cifar10 (3x32x32) or a 2-D toy set "
@@ -115,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--channels-last", action="store_true",
                    help="store conv weights channels-last (faster convolutions on recent GPUs)")
     t.add_argument("--quiet", action="store_true", help="no progress bar (also off when CMEDU_NO_PROGRESS=1)")
+    t.add_argument("--dist-timeout", type=float, default=600, metavar="SECONDS",
+                   help="under torchrun: seconds a process waits for the others in a collective before it stops with "
+                        "an error (default 600). On one machine torchrun stops the others within a second when a "
+                        "process dies; this bounds the wait when a whole machine of a multi-node run is lost")
     _common(t)
 
     s = sub.add_parser(

@@ -1,6 +1,11 @@
-"""``python -m cmedu train``: build the network, wrap it, plan the steps for a time budget, run ``Trainer.run``."""
+"""``python -m cmedu train``: build the network, wrap it, plan the steps for a time budget, run ``Trainer.run``.
+
+Under ``torchrun --nproc_per_node P -m cmedu train ...`` every process runs this command (``cmedu.distributed``):
+``--batch-size`` is the global batch, rank 0 prints and writes the checkpoint, and every rank resumes from it.
+"""
 import dataclasses
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -8,6 +13,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..checkpoints import IMAGE_DATA, build_net, data_of, load_checkpoint, load_model
 from ..nets import MLP_PRESETS, UNET_PRESETS, make_mlp, make_unet
 from ..parameterization import EDMDenoiser
@@ -68,14 +74,42 @@ def _load_teacher(path, data, img_size, device, preset=None):
     return teacher, teacher_preset
 
 
+def _seed_dropout(seed: int, rank: int, step: int):
+    """``seed_global`` (dropout's RNG, re-seeded every step), with a stream of its own on each rank > 0, so that the
+    ranks' dropout masks are independent; rank 0 keeps the one-process stream."""
+    seed_global(seed, step)
+    if rank:
+        torch.manual_seed(((seed * 1_000_003 + step) * 65_537 + rank) % 2**63)
+
+
+def _launch_command(argv) -> str:
+    """The command for the record: under torchrun, with the launcher's process counts."""
+    command = command_line(argv)
+    if not distributed.launched():
+        return command
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", distributed.world_size()))
+    nodes = distributed.world_size() // max(per_node, 1)
+    return command.replace("python -m cmedu ", f"torchrun --nnodes {nodes} --nproc_per_node {per_node} -m cmedu ", 1)
+
+
 def cmd_train(args):
     device = setup(args)
+    with distributed.process_group(device, getattr(args, "dist_timeout", distributed.DEFAULT_TIMEOUT)) as device:
+        return _train(args, device)
+
+
+def _train(args, device):
+    rank, world = distributed.rank(), distributed.world_size()
+    say = print if rank == 0 else (lambda *a, **k: None)  # one process speaks for the run
     out = Path(args.out)
     ckpt = out / "checkpoint.pt"
-    saved = load_checkpoint(ckpt) if ckpt.exists() else None
+    # Rank 0 reads the checkpoint and sends it to the others: every rank resumes from the same state, and on several
+    # machines only rank 0's --out needs to hold it.
+    saved = distributed.on_rank0(lambda: load_checkpoint(ckpt) if ckpt.exists() else None)
     if saved is not None and data_of(saved) != args.data:
         raise ValueError(f"{ckpt} holds a run on {data_of(saved)!r}, not {args.data!r}; use another --out folder")
     o = _resolve_train_options(args, saved)
+    distributed.check_batch(o["batch_size"], world)  # before any data is loaded
     if o["teacher"]:
         o["teacher"] = os.path.abspath(o["teacher"])  # resumable from any working directory
 
@@ -140,24 +174,27 @@ def cmd_train(args):
     trainer = Trainer(model, data, config, teacher=teacher, device=device, amp_dtype=amp)
     if saved is not None:
         trainer.load_state_dict(saved)  # ValueError if the checkpoint is from another model or method
-        print(f"resuming from {ckpt} at step {trainer.step} of {config.steps}")
+        say(f"resuming from {ckpt} at step {trainer.step} of {config.steps}"
+            + (f" on {world} processes" if world > 1 else ""))
     elif args.minutes is not None and args.steps is None:  # an explicit --steps wins; --minutes then only caps the wall time
-        seed_global(config.seed, 0)
-        steps = trainer.plan_steps(args.minutes)
-        print(f"planned {steps} steps to fit --minutes {args.minutes:g} (timed on this machine); the schedules "
-              "run their full course over them, and rerunning this command resumes towards the same total")
+        _seed_dropout(config.seed, rank, 0)
+        steps = trainer.plan_steps(args.minutes)  # timed on every rank, rank 0's plan broadcast
+        say(f"planned {steps} steps to fit --minutes {args.minutes:g} (timed on this machine); the schedules "
+            "run their full course over them, and rerunning this command resumes towards the same total")
     if trainer.step >= config.steps:
-        print(f"nothing to do: {ckpt} is at step {trainer.step} >= --steps {config.steps}")
+        say(f"nothing to do: {ckpt} is at step {trainer.step} >= --steps {config.steps}")
         return 0
 
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"training {args.method} on {args.data}: {type(net).__name__} '{o['preset']}' ({n_params / 1e6:.2f}M "
-          f"parameters), batch {config.batch_size}, steps {trainer.step} -> {config.steps}, device {device}")
-    disable = args.quiet or progress_disabled()
+    say(f"training {args.method} on {args.data}: {type(net).__name__} '{o['preset']}' ({n_params / 1e6:.2f}M "
+        f"parameters), batch {config.batch_size}, steps {trainer.step} -> {config.steps}, device {device}"
+        + (f", {world} processes ({config.batch_size // world} examples each, {_dist_backend()})" if world > 1 else ""))
+    disable = args.quiet or progress_disabled() or rank != 0
     start_step, t0, rec = trainer.step, time.perf_counter(), None
     wall0 = config.extra.get("wall_seconds", 0.0) if saved is None else saved["config"]["extra"].get("wall_seconds", 0.0)
-    config.extra["machine"] = describe_machine(device)
-    command = command_line(getattr(args, "argv", []))
+    config.extra["machine"] = describe_machine(device) + (f"; {world} processes" if world > 1 else "")
+    config.extra["world_size"] = world  # of the latest invocation; resume_commands lists each launch
+    command = _launch_command(getattr(args, "argv", []))
     if saved is None:
         config.extra["command"] = command
     else:  # the command that started the run stays its record; a resume with other options is listed after it
@@ -167,9 +204,9 @@ def cmd_train(args):
     limit = None if args.minutes is None else 60 * args.minutes
     bar = tqdm(total=config.steps, initial=trainer.step, desc=f"{args.method} {args.data}", disable=disable)
     try:
-        seed_global(config.seed, trainer.step)
+        _seed_dropout(config.seed, rank, trainer.step)
         for rec in trainer.run(progress=False, checkpoint=str(ckpt), every=args.every, seconds=limit):
-            seed_global(config.seed, rec.step)
+            _seed_dropout(config.seed, rank, rec.step)
             config.extra["wall_seconds"] = wall0 + time.perf_counter() - t0  # stored with the next save
             bar.update(1)
             if rec.step % 10 == 0 or rec.step == config.steps:
@@ -185,16 +222,40 @@ def cmd_train(args):
                 bar.set_postfix(post)
     except KeyboardInterrupt:
         bar.close()
-        print(f"\ninterrupted; checkpoints are saved every {args.every} steps in {ckpt}: rerun the same command to resume")
+        say(f"\ninterrupted; checkpoints are saved every {args.every} steps in {ckpt}: rerun the same command to resume")
         return 130
+    except RuntimeError as e:
+        if world == 1 or not distributed.is_peer_failure(e):
+            raise
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # stopping already: torchrun's SIGTERM must not cut the report
+        bar.close()  # a collective failed: another process died or timed out
+        print(f"cmedu train: error: rank {rank} of {world} stopped at step {trainer.step}: another process failed or "
+              f"was killed (torchrun's report and its log name it). {_last_checkpoint(ckpt)}\n  cause: "
+              f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}", file=sys.stderr)
+        return 1
     bar.close()
     elapsed = time.perf_counter() - t0
     ips = (trainer.step - start_step) * config.batch_size / max(elapsed, 1e-9)
     if rec is None or trainer.step < config.steps:
-        print(f"time budget of {args.minutes:g} min reached at step {trainer.step} of {config.steps}; saved {ckpt}. "
-              "Rerun the same command to continue")
+        say(f"time budget of {args.minutes:g} min reached at step {trainer.step} of {config.steps}; saved {ckpt}. "
+            "Rerun the same command to continue")
         return 0
-    print(f"done: step {trainer.step}/{config.steps}, last loss {rec.loss:.4g}, {ips:.0f} images/s "
-          f"({elapsed:.1f} s); checkpoint {ckpt}")
+    say(f"done: step {trainer.step}/{config.steps}, last loss {rec.loss:.4g}, {ips:.0f} images/s "
+        f"({elapsed:.1f} s); checkpoint {ckpt}")
     return 0
 
+
+
+def _dist_backend() -> str:
+    return distributed.dist.get_backend() if distributed.active() else "one process"
+
+
+def _last_checkpoint(ckpt: Path) -> str:
+    """What a failed run leaves: the last checkpoint (written atomically, so never half-written) and how to go on."""
+    if not ckpt.exists():
+        return f"No checkpoint was written yet ({ckpt})."
+    try:
+        step = load_checkpoint(ckpt)["step"]
+    except ValueError as e:
+        return str(e)
+    return f"The last checkpoint {ckpt} (step {step}) is intact: rerun the same command to resume."
