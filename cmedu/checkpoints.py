@@ -21,13 +21,15 @@ from pathlib import Path
 import torch
 
 from .continuous import MeanFlowModel, TrigFlowModel
+from .flowmap import FlowMapModel
 from .nets import MLP, UNet
 from .parameterization import ConsistencyModel, EDMDenoiser
 
 CHECKPOINT_FORMAT = "cmedu-trainer-v1"
 WEIGHTS_FORMAT = "cmedu-weights-v1"
 FORMATS = (CHECKPOINT_FORMAT, WEIGHTS_FORMAT)
-MODEL_CLASSES = {cls.__name__: cls for cls in (EDMDenoiser, ConsistencyModel, TrigFlowModel, MeanFlowModel)}
+MODEL_CLASSES = {cls.__name__: cls for cls in (EDMDenoiser, ConsistencyModel, TrigFlowModel, MeanFlowModel,
+                                              FlowMapModel)}
 IMAGE_DATA = ("mnist", "cifar10")
 REPO_CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
 
@@ -77,7 +79,7 @@ def load_checkpoint(path) -> dict:
 
 
 def load_model(path, weights: str = "ema", device="cpu"):
-    """The trained wrapper (EDMDenoiser, ConsistencyModel, TrigFlowModel or MeanFlowModel) of a checkpoint, in
+    """The trained wrapper (EDMDenoiser, ConsistencyModel, TrigFlowModel, MeanFlowModel or FlowMapModel) of a checkpoint, in
     eval mode; and the checkpoint.
 
     ``weights`` is 'ema' (the exponential moving average, used for sampling) or 'model'
@@ -129,8 +131,8 @@ def sampling_start(state, nfe: int) -> float:
 def generate(model, state, n: int, nfe: int, seed: int = 0, device="cpu", batch_size: int = 1000, taus=None,
              start=None):
     """n samples on the CPU: Alg. 1 with ``nfe`` steps for a consistency model (from the checkpoint's chosen start
-    noise level and taus when it has them), the Heun/Euler PF-ODE sampler with ``nfe`` evaluations for an EDM
-    denoiser. Images are clipped to [-1, 1].
+    noise level and taus when it has them), ``nfe`` jumps for a flow map (a number that divides its grid's steps),
+    the Heun/Euler PF-ODE sampler with ``nfe`` evaluations for an EDM denoiser. Images are clipped to [-1, 1].
 
     ``taus`` and ``start`` override the stored choices: ``start=state["config"]["T"]`` is Alg. 1's own start.
     """
@@ -141,8 +143,12 @@ def generate(model, state, n: int, nfe: int, seed: int = 0, device="cpu", batch_
         taus = stored_taus(state, nfe)
     if start is None:
         start = sampling_start(state, nfe)
-    elif isinstance(model, EDMDenoiser):
-        raise ValueError("start= is for consistency models; the teacher's ODE solve always starts at T")
+    elif isinstance(model, (EDMDenoiser, FlowMapModel)):
+        raise ValueError("start= is for consistency models; the teacher's ODE solve and a flow map's jumps start at T")
+    if isinstance(model, FlowMapModel) and "flowmap_points" in cfg:
+        from .flowmap_distill import check_sampling_steps
+
+        check_sampling_steps(nfe, cfg["flowmap_points"])
     gen = torch.Generator().manual_seed(seed)
     out = []
     for first in range(0, n, batch_size):

@@ -45,7 +45,6 @@ from .methods import CONTINUOUS_MAX_FREQ
 from .nets import make_mlp
 from .ode import drift
 from .schedules import karras_sigmas, lognormal_sigmas
-from .training import ema_update
 
 LOSSES = ("eulerian", "lagrangian", "shortcut", "cd")
 
@@ -262,6 +261,8 @@ def train_flow_map(model: FlowMapModel, loss: str, data, steps: int, teacher=Non
     the other losses use the teacher's velocity when one is given and self-distil otherwise. ``loss_kw`` go to
     the loss (``diag``, ``p_mean``/``p_std``, the Lagrangian's ``weighted``).
     """
+    from .training import ema_update  # here: training imports checkpoints, which imports this module
+
     check_choice("loss", loss, LOSSES)
     if loss == "cd" and teacher is None:
         raise ValueError("loss='cd' distils a teacher: pass teacher= (a denoiser D(x, t))")

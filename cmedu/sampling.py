@@ -49,8 +49,15 @@ def sample_from(f, x_T: torch.Tensor, nfe: int = 1, taus=None, generator=None, e
 
     A consistency function: Alg. 1 with ``taus`` (default ``default_taus``; for a ``TrigFlowModel`` at two steps,
     sCM's t_mid = 1.1). A ``MeanFlowModel``: MeanFlow's own sampler from the noise x_T / T at t = 1, in ``nfe``
-    equal steps of its time (``taus`` do not apply).
+    equal steps of its time (``taus`` do not apply). A ``FlowMapModel``: ``nfe`` jumps X(x, t_i, t_{i+1}) on a Karras
+    grid from T to ε, no re-noising (``flowmap.flow_map_sample``).
     """
+    from .flowmap import FlowMapModel, flow_map_sample  # here: flowmap imports this package's losses
+
+    if isinstance(f, FlowMapModel):
+        if taus:
+            raise ValueError("a flow map samples on a Karras grid of nfe + 1 times; pass taus=None")
+        return flow_map_sample(f, x_T, nfe)
     if isinstance(f, MeanFlowModel):
         if taus:
             raise ValueError("a MeanFlowModel samples on its own even time grid; pass taus=None")

@@ -1,4 +1,5 @@
-"""One training loop for the EDM teacher, CD, CT, iCT, ECT and the continuous-time sCD, sCT and MeanFlow.
+"""One training loop for the EDM teacher, CD, CT, iCT, ECT, the continuous-time sCD, sCT and MeanFlow, and flow-map
+distillation.
 
 ``Trainer.run()`` is a generator: it yields a ``TrainRecord`` after every step, so a
 notebook can plot live or stop early, and the command line drives the same loop.
@@ -30,6 +31,7 @@ from . import distributed
 from ._checks import check_choice
 from .checkpoints import CHECKPOINT_FORMAT, check_checkpoint, save_atomic
 from .continuous import meanflow_loss, scm_loss
+from .flowmap_distill import dyadic_levels, flowmap_distill_loss
 from .losses import cd_loss, ct_loss, ect_loss, edm_loss
 from .methods import DISTILLATION_METHODS, METHODS, SCM_METHODS, TEACHER_METHODS, copy_teacher_weights
 from .profiles import progress_disabled
@@ -92,7 +94,11 @@ class TrainConfig:
     mf_p_std: float = 1.0
     mf_power: float = 1.0
     mf_c: float = 1e-3
-    init_from_teacher: bool = True  # CD/ECT/sCD: copy the teacher's network into the student at step 0
+    # Flow-map distillation (cmedu.flowmap_distill): the teacher's Heun grid (points − 1 a power of two) and the
+    # number of (i, j) pairs drawn from each teacher trajectory.
+    flowmap_points: int = 17
+    flowmap_pairs: int = 8
+    init_from_teacher: bool = True  # CD/ECT/sCD/flowmap: copy the teacher's network into the student at step 0
     distance: str = None  # 'l2' (CD, CT) or 'pseudo_huber' (iCT)
     eps: float = 0.002
     T: float = 80.0
@@ -103,6 +109,11 @@ class TrainConfig:
         check_choice("method", self.method, METHODS)
         check_choice("solver", self.solver, ("euler", "heun"))
         check_choice("ct_target", self.ct_target, CT_TARGET_SCHEDULES)
+        if self.method == "flowmap":
+            dyadic_levels(self.flowmap_points)  # ValueError unless points − 1 is a power of two
+            if self.batch_size % self.flowmap_pairs:
+                raise ValueError(f"flowmap: batch_size ({self.batch_size}) must be a multiple of flowmap_pairs "
+                                 f"({self.flowmap_pairs}), the rows drawn from one teacher trajectory")
         if self.distance is None:
             self.distance = "pseudo_huber" if self.method == "ict" else "l2"
         if self.steps < 1 or self.batch_size < 1:
@@ -173,7 +184,7 @@ class LossStep(nn.Module):
 
 class Trainer:
     """Trains ``model`` (the wrapper ``model_class(method)``: an ``EDMDenoiser`` for 'edm', a ``TrigFlowModel``
-    for sCD/sCT, a ``MeanFlowModel`` for MeanFlow, a ``ConsistencyModel`` otherwise).
+    for sCD/sCT, a ``MeanFlowModel`` for MeanFlow, a ``FlowMapModel`` for flowmap, a ``ConsistencyModel`` otherwise).
 
     Parameters
     ----------
@@ -255,6 +266,8 @@ class Trainer:
             return scm_loss(self.model, x0, self.generator, self.teacher if c.method in DISTILLATION_METHODS else None,
                             self.tangent_warmup_at(self.step), c.scm_p_mean, c.scm_p_std, c.tangent_norm,
                             c.adaptive_weight, c.scm_norm_kind, c.scm_prior_weight)
+        if c.method == "flowmap":
+            return flowmap_distill_loss(self.model, self.teacher, x0, self.generator, c.flowmap_points, c.flowmap_pairs)
         if c.method == "meanflow":
             return meanflow_loss(self.model, x0, self.generator, c.mf_ratio, c.mf_p_mean, c.mf_p_std, c.mf_power,
                                  c.mf_c)

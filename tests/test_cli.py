@@ -134,13 +134,18 @@ def test_cd_teachers(capsys, tmp_path, gmm_ct):
     # a consistency model is no teacher
     rc, _, err = run(capsys, "train", "--data", "moons", "--method", "ect", "--out", tmp_path / "e", "--steps", 2,
                      "--teacher", tmp_path / "m", *TOY)
-    assert rc == 2 and "is a ConsistencyModel checkpoint; cd, ect, scd need an EDM denoiser" in err
+    assert rc == 2 and "is a ConsistencyModel checkpoint; cd, ect, scd, flowmap need an EDM denoiser" in err
     # sCD from the same teacher: the student is built with the teacher's network, and another --preset is refused
     rc, _, err = run(capsys, "train", "--data", "moons", "--method", "scd", "--out", tmp_path / "s", "--steps", 2,
                      "--teacher", teacher, *TOY)
     saved = load_checkpoint(tmp_path / "s")
     assert rc == 0, err
     assert saved["net_config"] == load_checkpoint(teacher)["net_config"] and saved["config"]["extra"]["preset"] == "tiny"
+    # a flow map from the same teacher: the teacher's network with a second time input
+    rc, _, err = run(capsys, "train", "--data", "moons", "--method", "flowmap", "--out", tmp_path / "f", "--steps", 2,
+                     "--teacher", teacher, *TOY)
+    assert rc == 0, err
+    assert load_checkpoint(tmp_path / "f")["net_config"] == dict(load_checkpoint(teacher)["net_config"], time_inputs=2)
     rc, _, err = run(capsys, "train", "--data", "moons", "--method", "scd", "--out", tmp_path / "s2", "--steps", 2,
                      "--teacher", teacher, *TOY, "--preset", "small")
     assert rc == 2 and "differs from the teacher's 'tiny'" in err

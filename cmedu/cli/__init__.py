@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "ict: improved consistency training (pseudo-Huber loss, lognormal noise, doubling curriculum); "
                         "ect: easy consistency tuning from a teacher's weights (r(t) mapping, stages over the run); "
                         "scd / sct: continuous-time sCM (TrigFlow) distilled from a teacher / trained without one; "
-                        "meanflow: MeanFlow's average velocity u(z, r, t) (no teacher)")
+                        "meanflow: MeanFlow's average velocity u(z, r, t) (no teacher); flowmap: a two-time flow map "
+                        "X(x, t, s) regressed on a teacher's own ODE trajectories (sample it with --nfe 1, 2, 4, 8, 16)")
     t.add_argument("--out", required=True, help="run folder; holds checkpoint.pt, which is resumed when present")
     t.add_argument("--steps", type=int, default=None,
                    help="total optimizer steps, counted from the start of the run (not additional ones). Default: "
@@ -95,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "1.2M, small 4.7M (the GPU preset), base 19M; 2-D MLP: tiny, small, base = hidden 64/128/256, "
                         "2/3/4 blocks (default small)")
     t.add_argument("--teacher", default=None,
-                   help="for --method cd, scd and ect: an EDM checkpoint (from `train --method edm`) on the same data "
+                   help="for --method cd, scd, ect and flowmap: an EDM checkpoint (from `train --method edm`) on the same data "
                         "whose EMA weights are the teacher; the student starts from its weights (unless --from-scratch). "
                         "Without it, cd and scd work only on gmm (exact denoiser)")
     t.add_argument("--seed", type=int, default=None, help="seed of initialisation, batches and noise (default 0)")

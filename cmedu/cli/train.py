@@ -19,7 +19,7 @@ from ..nets import MLP_PRESETS, UNET_PRESETS, make_mlp, make_unet
 from ..parameterization import EDMDenoiser
 from ..profiles import progress_disabled
 from ..recipes import toy_config
-from ..methods import DISTILLATION_METHODS, TEACHER_METHODS, model_class, net_options
+from ..methods import DISTILLATION_METHODS, TEACHER_METHODS, model_class, net_options, student_net_config
 from ..training import TrainConfig, Trainer
 from .common import TOY_DATA, command_line, describe_machine, seed_global, setup
 
@@ -147,7 +147,8 @@ def _train(args, device):
                              "exact denoiser")
 
     if hasattr(teacher, "net") and not o["from_scratch"]:
-        net = build_net(teacher.net.config)  # a student that starts from the teacher has the teacher's network
+        # a student that starts from the teacher has the teacher's network (a flow map: with a second time input)
+        net = build_net(student_net_config(args.method, teacher.net.config))
     elif args.data in IMAGE_DATA:
         net = make_unet(o["preset"], in_ch=data.shape[1], img_size=img_size, **net_options(args.method))
     else:
