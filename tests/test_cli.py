@@ -140,7 +140,9 @@ def test_cd_teachers(capsys, tmp_path, gmm_ct):
                      "--teacher", teacher, *TOY)
     saved = load_checkpoint(tmp_path / "s")
     assert rc == 0, err
-    assert saved["net_config"] == load_checkpoint(teacher)["net_config"] and saved["config"]["extra"]["preset"] == "tiny"
+    # (with the continuous-time methods' low-frequency time embedding: methods.student_net_config)
+    assert saved["net_config"] == dict(load_checkpoint(teacher)["net_config"], max_freq=2.0)
+    assert saved["config"]["extra"]["preset"] == "tiny"
     # a flow map from the same teacher: the teacher's network with a second time input
     rc, _, err = run(capsys, "train", "--data", "moons", "--method", "flowmap", "--out", tmp_path / "f", "--steps", 2,
                      "--teacher", teacher, *TOY)

@@ -44,6 +44,11 @@ def test_a_flow_map_started_from_the_teacher_is_its_euler_step(make):
     shape = (3, 2) if isinstance(teacher.net, type(make_mlp("tiny"))) else (3, 1, 28, 28)
     x, t, s = torch.randn(shape) * 5, torch.tensor([5.0, 1.0, 40.0]), torch.tensor([0.5, 0.002, 39.0])
     torch.testing.assert_close(student(x, t, s), euler_step(teacher, x, t, s), atol=2e-5, rtol=1e-5)
+    # sCD's student: the teacher's weights in a network with the low-frequency embedding
+    scd = EDMDenoiser(type(teacher.net)(**student_net_config("scd", teacher.net.config)))
+    copy_teacher_weights(scd, teacher)
+    assert scd.net.config["max_freq"] == 2.0 and scd.net.embed.freqs.max() == 2.0
+    assert all(torch.equal(w, scd.net.state_dict()[k]) for k, w in teacher.net.state_dict().items() if "freqs" not in k)
     with pytest.raises(ValueError, match="cannot start the student"):
         copy_teacher_weights(FlowMapModel(make_mlp("small", time_inputs=2)), teacher)
 
