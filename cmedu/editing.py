@@ -13,7 +13,7 @@ orthogonal (more generally invertible) linear map A and a binary mask Ω in A's 
 | task              | A                                        | kept (1 − Ω)        |
 |-------------------|------------------------------------------|---------------------|
 | inpainting        | identity                                 | the known pixels    |
-| colorization      | 3×3 orthogonal matrix on the channels    | luminance axis      |
+| colorization      | 3×3 orthogonal matrix on the channels    | luma axis (Rec. 601)|
 | super-resolution  | per-patch orthogonal basis, first = mean | the patch means     |
 | 2-D conditionals  | identity                                 | the fixed coordinate|
 
@@ -35,7 +35,7 @@ import torch
 from ._checks import check_taus
 
 __all__ = [
-    "iterative_edit", "inpaint", "colorize", "color_basis", "super_resolve", "patch_basis", "block_mean",
+    "iterative_edit", "inpaint", "colorize", "color_basis", "luma_weights", "luma_of", "LUMA_WEIGHTS", "super_resolve", "patch_basis", "block_mean",
     "stroke_guided", "denoise", "slerp", "interpolate", "check_taus", "EDIT_TAUS", "IMAGE_EDIT_TAUS",
     "IMAGE_INPAINT_TAUS", "IMAGE_INPAINT_REPEATS", "default_schedule",
 ]
@@ -47,11 +47,11 @@ __all__ = [
 EDIT_TAUS = tuple(torch.logspace(0.0, math.log10(0.05), 40, dtype=torch.float64).tolist())
 
 # Images in [-1, 1] decide their content at much higher levels than the 2-D mixture: a digit survives one jump
-# from tau ~ 1 and is forgotten by tau ~ 20 (notebook 07 measures it), so image edits anneal through [0.5, 5].
+# from tau ~ 1 and is forgotten by tau ~ 20 (notebook 07a measures it), so image edits anneal through [0.5, 5].
 # Super-resolution and colorization: 12 levels geometric from 5 to 0.5, then a clean-up level (NFE 14).
 IMAGE_EDIT_TAUS = tuple(torch.logspace(math.log10(5.0), math.log10(0.5), 12, dtype=torch.float64).tolist() + [0.15])
 # Inpainting a large region: 6 levels in [1.2, 5], each run 12 times (RePaint's resampling), then 3 clean-up
-# levels once (NFE 76). Both schedules were chosen in notebook 07 on MNIST test digits 0-499; tests/test_editing.py
+# levels once (NFE 76). Both schedules were chosen on MNIST test digits 0-499; tests/test_editing.py
 # checks the default calls on held-out training digits.
 IMAGE_INPAINT_TAUS = tuple(torch.logspace(math.log10(5.0), math.log10(1.2), 6, dtype=torch.float64).tolist()
                            + [0.6, 0.3, 0.15])
@@ -183,30 +183,67 @@ def inpaint(f, y: torch.Tensor, mask, taus="auto", **kw):
     return iterative_edit(f, y, mask, taus, transform=None, task="inpaint", **kw)
 
 
-def color_basis(dtype=torch.float32) -> torch.Tensor:
-    """The orthogonal 3×3 matrix of colorization: row 0 is the luminance direction (1, 1, 1)/√3.
+# Luma weights of colorization: "rec601" is the CM code's (openai/consistency_models, iterative_colorization:
+# Rec. 601 luma 0.2989 R + 0.5870 G + 0.1140 B); "mean" is the channel mean (R + G + B) / 3, gray = (1, 1, 1)/sqrt(3).
+LUMA_WEIGHTS = {"rec601": (0.2989, 0.5870, 0.1140), "mean": (1 / 3, 1 / 3, 1 / 3)}
 
-    Rows 1 and 2 span the chroma plane; which basis of it does not matter (Ω generates both).
-    The paper's code uses Rec. 601 weights (0.299, 0.587, 0.114) for row 0; equal weights make
-    "gray" simply the channel mean.
+
+def luma_weights(luma="rec601", dtype=torch.float32) -> torch.Tensor:
+    """The weights w of luma(x) = Σ_c w_c x_c: a name of ``LUMA_WEIGHTS`` or three positive numbers."""
+    if isinstance(luma, str):
+        if luma not in LUMA_WEIGHTS:
+            raise ValueError(f"luma must be one of {sorted(LUMA_WEIGHTS)} or three weights (w_R, w_G, w_B); got {luma!r}")
+        luma = LUMA_WEIGHTS[luma]
+    w = torch.as_tensor(luma, dtype=torch.float64).flatten()
+    if w.shape != (3,) or not bool((w > 0).all()) or not bool(torch.isfinite(w).all()):
+        raise ValueError(f"luma weights must be three positive numbers (w_R, w_G, w_B); got {luma!r}")
+    return w.to(dtype)
+
+
+def color_basis(dtype=torch.float32, luma="rec601") -> torch.Tensor:
+    """The orthogonal 3×3 matrix of colorization: row 0 is the luma direction w/|w|, rows 1–2 span its complement.
+
+    ``luma='rec601'`` (default) uses the CM code's Rec. 601 weights w = (0.2989, 0.5870, 0.1140);
+    ``luma='mean'`` the equal weights, row 0 = (1, 1, 1)/√3 (gray = channel mean), the library's axis before;
+    three numbers give any other positive weights. Keeping coordinate 0 of Q x keeps luma(x) = w · x.
+    Rows 1 and 2 span the plane orthogonal to w; which basis of it does not matter (Ω generates both).
+    For ``'mean'`` they are (1, −1, 0)/√2 and (1, 1, −2)/√6; otherwise QR of [w/|w|, e_2, e_3], as in the CM code.
     """
-    return torch.tensor([[1 / math.sqrt(3), 1 / math.sqrt(3), 1 / math.sqrt(3)],
-                         [1 / math.sqrt(2), -1 / math.sqrt(2), 0.0],
-                         [1 / math.sqrt(6), 1 / math.sqrt(6), -2 / math.sqrt(6)]], dtype=dtype)
+    if isinstance(luma, str) and luma == "mean":
+        return torch.tensor([[1 / math.sqrt(3), 1 / math.sqrt(3), 1 / math.sqrt(3)],
+                             [1 / math.sqrt(2), -1 / math.sqrt(2), 0.0],
+                             [1 / math.sqrt(6), 1 / math.sqrt(6), -2 / math.sqrt(6)]], dtype=dtype)
+    w = luma_weights(luma, torch.float64)
+    m = torch.eye(3, dtype=torch.float64)
+    m[:, 0] = w / w.norm()
+    q = torch.linalg.qr(m).Q
+    q = q * torch.sign(q[:, 0].sum())  # QR fixes columns up to sign; make the luma axis point along +w
+    return q.T.contiguous().to(dtype)
 
 
-def colorize(f, y_gray: torch.Tensor, taus="auto", **kw):
-    """Alg. 4 with A = ``color_basis()`` on the channels: keep luminance, generate the two chroma axes.
+def luma_of(x: torch.Tensor, luma="rec601") -> torch.Tensor:
+    """luma(x) = Σ_c w_c x_c over axis 1 of (B, 3, H, W) images, keepdim: (B, 1, H, W)."""
+    w = luma_weights(luma, x.dtype).to(x.device)
+    return torch.einsum("c,bchw->bhw", w, x).unsqueeze(1)
 
-    ``y_gray`` is (B, 1, H, W) (the gray value) or (B, 3, H, W) (its channel mean is the gray
-    value). Returns (B, 3, H, W) RGB images whose channel mean equals the gray input.
+
+def colorize(f, y_gray: torch.Tensor, taus="auto", luma="rec601", **kw):
+    """Alg. 4 with A = ``color_basis(luma=luma)`` on the channels: keep the luma, generate the two other axes.
+
+    ``y_gray`` is (B, 1, H, W) (the luma itself) or (B, 3, H, W) (an RGB image, whose luma is kept).
+    ``luma`` names the weights w of luma(x) = Σ_c w_c x_c: ``'rec601'`` (default, the CM code's
+    (0.2989, 0.5870, 0.1140)), ``'mean'`` (the channel mean) or three positive numbers.
+    Returns (B, 3, H, W) RGB images whose luma equals the input's (up to float rounding).
     """
     if y_gray.ndim != 4 or y_gray.shape[1] not in (1, 3):
         raise ValueError(f"colorize works on RGB models: give y_gray as (B, 1, H, W) or (B, 3, H, W); "
                          f"got shape {tuple(y_gray.shape)}")
-    y = y_gray.mean(1, keepdim=True).expand(-1, 3, -1, -1)  # gray g -> (g, g, g): A y = (√3 g, 0, 0)
+    w = luma_weights(luma, y_gray.dtype).to(y_gray.device)
+    L = y_gray if y_gray.shape[1] == 1 else torch.einsum("c,bchw->bhw", w, y_gray).unsqueeze(1)
+    # the RGB point on the luma axis with luma L: y = L w/|w|², so A y = (L/|w|, 0, 0) and w · y = L
+    y = L * (w / (w * w).sum()).view(1, 3, 1, 1)
     known = torch.tensor([1.0, 0.0, 0.0], device=y.device).view(3, 1, 1)
-    return iterative_edit(f, y, known, taus, transform=color_basis(y.dtype), task="colorize", **kw)
+    return iterative_edit(f, y, known, taus, transform=color_basis(y.dtype, luma=luma), task="colorize", **kw)
 
 
 def patch_basis(factor: int, dtype=torch.float32) -> torch.Tensor:
