@@ -22,6 +22,7 @@ import torch
 
 from .continuous import MeanFlowModel, TrigFlowModel
 from .flowmap import FlowMapModel
+from .flowmap_distill import check_sampling_steps
 from .nets import MLP, UNet
 from .parameterization import ConsistencyModel, EDMDenoiser
 
@@ -146,8 +147,6 @@ def generate(model, state, n: int, nfe: int, seed: int = 0, device="cpu", batch_
     elif isinstance(model, (EDMDenoiser, FlowMapModel)):
         raise ValueError("start= is for consistency models; the teacher's ODE solve and a flow map's jumps start at T")
     if isinstance(model, FlowMapModel) and "flowmap_points" in cfg:
-        from .flowmap_distill import check_sampling_steps
-
         check_sampling_steps(nfe, cfg["flowmap_points"])
     gen = torch.Generator().manual_seed(seed)
     out = []

@@ -75,11 +75,11 @@ def copy_teacher_weights(student: nn.Module, teacher: nn.Module):
       buffer of the student's own, and every weight is the teacher's.
     """
     s_cfg, t_cfg = getattr(student.net, "config", None), getattr(teacher.net, "config", None)
-    base = {k: v for k, v in (t_cfg or {}).items() if k not in ("time_inputs", "max_freq")}
-    own_base = {k: v for k, v in (s_cfg or {}).items() if k not in ("time_inputs", "max_freq")}
-    two_time = s_cfg is not None and s_cfg.get("time_inputs", 1) == 2 and (t_cfg or {}).get("time_inputs", 1) == 1
-    same_inputs = s_cfg is not None and s_cfg.get("time_inputs", 1) == (t_cfg or {}).get("time_inputs", 1)
-    if s_cfg is None or t_cfg is None or base != own_base or not (two_time or same_inputs):
+    def layout(cfg):  # everything but what student_net_config may change
+        return {k: v for k, v in cfg.items() if k not in ("time_inputs", "max_freq")}
+
+    times = (s_cfg or {}).get("time_inputs", 1), (t_cfg or {}).get("time_inputs", 1)
+    if s_cfg is None or t_cfg is None or layout(s_cfg) != layout(t_cfg) or not (times[0] == times[1] or times == (2, 1)):
         raise ValueError(f"cannot start the student from the teacher: the teacher's network is {t_cfg}, "
                          f"the student's {s_cfg}; use the teacher's preset for the student")
     own = student.net.state_dict()

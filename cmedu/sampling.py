@@ -3,6 +3,7 @@ import torch
 
 from ._checks import check_taus
 from .continuous import MeanFlowModel, TrigFlowModel, meanflow_sample, trig_two_step_taus
+from .flowmap import FlowMapModel, flow_map_sample
 from .ode import euler_solve, heun_solve
 from .schedules import karras_sigmas
 
@@ -52,8 +53,6 @@ def sample_from(f, x_T: torch.Tensor, nfe: int = 1, taus=None, generator=None, e
     equal steps of its time (``taus`` do not apply). A ``FlowMapModel``: ``nfe`` jumps X(x, t_i, t_{i+1}) on a Karras
     grid from T to ε, no re-noising (``flowmap.flow_map_sample``).
     """
-    from .flowmap import FlowMapModel, flow_map_sample  # here: flowmap imports this package's losses
-
     if isinstance(f, FlowMapModel):
         if taus:
             raise ValueError("a flow map samples on a Karras grid of nfe + 1 times; pass taus=None")
