@@ -91,6 +91,27 @@ def test_frechet_distance_closed_form_for_diagonal_gaussians():
     assert fid.fid_from_stats(mu1, np.diag(s1), mu1, np.diag(s1)) == pytest.approx(0, abs=1e-12)
 
 
+
+def test_fid_to_reference_low_rank_equals_the_full_computation():
+    rng = np.random.default_rng(1)
+    ref = rng.normal(size=(300, 40)) @ rng.normal(size=(40, 40)) * 0.3
+    mu_r, sigma_r = ref.mean(0), np.cov(ref, rowvar=False)
+    feats = rng.normal(size=(25, 40)) + 0.5          # n < d: a rank-24 covariance, as with 200 Inception features
+    full = fid.fid_from_stats(feats.mean(0), np.cov(feats, rowvar=False), mu_r, sigma_r)
+    value, se, index = fid.fid_to_reference(feats, mu_r, sigma_r, boot=20, generator=torch.Generator().manual_seed(0))
+    assert value == pytest.approx(full, rel=1e-8)
+    assert index.shape == (20, 25) and 0 < se < value
+    rows = index[3]                                  # each resample is the same FID of the resampled rows
+    assert fid.fid_to_reference(feats[rows], mu_r, sigma_r)[0] == pytest.approx(
+        fid.fid_from_stats(feats[rows].mean(0), np.cov(feats[rows], rowvar=False), mu_r, sigma_r), rel=1e-7)   # repeated rows: more round-off in the d x d route
+    gap, gap_se = fid.paired_fid_gap(feats, feats + 0.1, mu_r, sigma_r, index)
+    assert gap == pytest.approx(value - fid.fid_to_reference(feats + 0.1, mu_r, sigma_r)[0])
+    assert gap_se < se                               # a shared shift: the pairing cancels most of the noise
+    with pytest.raises(ValueError, match="as many images"):
+        fid.paired_fid_gap(feats, feats[:-1], mu_r, sigma_r, index)
+    with pytest.raises(ValueError, match="need features"):
+        fid.fid_to_reference(feats[:, :5], mu_r, sigma_r)
+
 # --- the network ----------------------------------------------------------------------------
 
 def test_missing_wheel_names_the_install_line(monkeypatch):
